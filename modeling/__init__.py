@@ -6,10 +6,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, Pre
 
 from .gpt2.configuration_lrt_gpt2 import LRTGPT2Config
 from .gpt2.modeling_lrt_gpt2 import LRTGPT2ForCausalLM
+from .nugpt.configuration_nugpt import NuGPTConfig
+from .nugpt.modeling_nugpt import NuGPTForCausalLM
 
 # family name -> (config class, causal-LM class); the one place that maps names to classes.
 MODEL_FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     "gpt2": (LRTGPT2Config, LRTGPT2ForCausalLM),
+    "nugpt": (NuGPTConfig, NuGPTForCausalLM),
 }
 
 
