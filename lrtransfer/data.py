@@ -513,6 +513,11 @@ def prepare(cfg: PrepareConfig) -> Path:
             raise ValueError(f"output_dir: {str(out)!r} already holds data prepared with another config "
                              f"(config_hash {manifest['config_hash']} != {ident}); choose another output_dir")
         _check_expected_hash(cfg.expected_tokenizer_hash, manifest["tokenizer_hash"], "expected_tokenizer_hash")
+        if cfg.source == "stdlib":  # same config, but maybe another interpreter's standard library
+            here = _stdlib_documents(cfg.stdlib_max_files, cfg.stdlib_max_bytes)[1]
+            if here["content_hash"] != manifest["content_hash"]:
+                raise ValueError(f"output_dir: {str(out)!r} holds the stdlib of Python {manifest['python_version']}; "
+                                 f"this Python {here['python_version']} has other sources; choose another output_dir")
         return out
 
     # Source checks that need the file system, still before any tokenization.
@@ -681,25 +686,34 @@ class _TokenStream:
         self.offsets = np.concatenate(([0], np.cumsum(self.sizes)))
         self.total = int(self.offsets[-1])
         self.dtype = np.dtype(manifest["dtype"])
+        self._views: dict[int, list[np.ndarray | None]] = {}
 
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """Rows stream[s : s + length] for each start s (vectorized per shard)."""
-        out = np.empty((starts.size, length), dtype=self.dtype)
+        """int64 rows stream[s : s + length] for each start s: one fancy index per shard touched."""
+        out = np.empty((starts.size, length), dtype=np.int64)
         k = np.searchsorted(self.offsets, starts, side="right") - 1
         local = starts - self.offsets[k]
         fits = local + length <= self.sizes[k]
-        for shard in np.unique(k[fits]):
-            rows = np.flatnonzero(fits & (k == shard))
-            windows = np.lib.stride_tricks.sliding_window_view(self.shards[shard], length)
-            out[rows] = windows[local[rows]]
-        for r in np.flatnonzero(~fits):  # a window across a shard boundary
-            s, pieces, need = int(starts[r]), [], length
-            while need:
-                j = int(np.searchsorted(self.offsets, s, side="right")) - 1
-                piece = self.shards[j][s - self.offsets[j] : s - self.offsets[j] + need]
-                pieces.append(piece)
-                s, need = s + piece.size, need - piece.size
-            out[r] = np.concatenate(pieces)
+        views = self._views.get(length)
+        if views is None:  # every window start of every shard, as a zero-copy view
+            views = self._views[length] = [
+                np.lib.stride_tricks.sliding_window_view(np.asarray(mm), length) if mm.size >= length else None
+                for mm in self.shards
+            ]
+        if fits.all() and (k == k[0]).all():
+            out[:] = views[k[0]][local]
+        else:
+            for shard in np.unique(k[fits]):
+                rows = np.flatnonzero(fits & (k == shard))
+                out[rows] = views[shard][local[rows]]
+            for r in np.flatnonzero(~fits):  # a window across a shard boundary
+                s, pieces, need = int(starts[r]), [], length
+                while need:
+                    j = int(np.searchsorted(self.offsets, s, side="right")) - 1
+                    piece = self.shards[j][s - self.offsets[j] : s - self.offsets[j] + need]
+                    pieces.append(piece)
+                    s, need = s + piece.size, need - piece.size
+                out[r] = np.concatenate(pieces)
         return out
 
 
@@ -782,7 +796,7 @@ class TokenLoader:
         windows = self._order[first : first + self.local_batch_size].astype(np.int64)
         batch = self._stream.gather(windows * self.seq_len, self.seq_len + 1)
         self.step += 1
-        return torch.from_numpy(batch.astype(np.int64))
+        return torch.from_numpy(batch)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while self.step < self.num_steps:
@@ -863,6 +877,6 @@ def validation_batches(
     def batches() -> Iterator[torch.Tensor]:
         for i in range(rank * per_rank, (rank + 1) * per_rank, batch_size):
             windows = np.arange(i, min(i + batch_size, (rank + 1) * per_rank), dtype=np.int64)
-            yield torch.from_numpy(stream.gather(windows * seq_len, seq_len + 1).astype(np.int64))
+            yield torch.from_numpy(stream.gather(windows * seq_len, seq_len + 1))
 
     return batches()

@@ -162,16 +162,16 @@ def test_fineweb_source_streams_hub_name(corpus, local_dir, tmp_path, monkeypatc
 
 def test_stdlib_prepare_cli_end_to_end(tmp_path):
     out = tmp_path / "stdlib"
-    argv = ["--config", str(RECIPES / "stdlib.yaml"), "--output_dir", str(out), "--stdlib_max_bytes", "200000",
+    argv = ["--config", str(RECIPES / "stdlib.yaml"), "--output_dir", str(out), "--stdlib_max_bytes", "120000",
             "--vocab_size", "512", "--val_tokens", "4096", "--num_proc", "1", "--progress", "false"]
     assert prepare_main(argv) == 0
     m = load_manifest(out)
     assert m["source"] == "stdlib" and m["python_version"] == platform.python_version()
-    assert len(m["content_hash"]) == 64 and m["source_info"]["bytes"] >= 200_000
-    assert m["val"]["tokens"] == 4096 and m["train"]["tokens"] > 20_000 and m["tokenizer_vocab_size"] == 512
+    assert len(m["content_hash"]) == 64 and m["source_info"]["bytes"] >= 120_000
+    assert m["val"]["tokens"] == 4096 and m["train"]["tokens"] > 10_000 and m["tokenizer_vocab_size"] == 512
     tok = AutoTokenizer.from_pretrained(out)
-    val = _read_split(out, "val")
-    first_doc = tok.decode(val[: int(np.flatnonzero(val == m["eos_token_id"])[0])].tolist())
+    train = _read_split(out, "train")  # starts at a document boundary; with no train_tokens every doc is whole
+    first_doc = tok.decode(train[: int(np.flatnonzero(train == m["eos_token_id"])[0])].tolist())
     ast.parse(first_doc)  # a whole stdlib module, byte-exact through the BPE
     # Deterministic: the same config elsewhere gives identical bytes; rerunning in place is a no-op.
     again = tmp_path / "again"
@@ -187,6 +187,10 @@ def test_stdlib_prepare_cli_end_to_end(tmp_path):
     assert prepare_main(argv) == 0 and (out / "manifest.json").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="another config"):
         prepare_main(argv + ["--val_tokens", "2048"])
+    m["content_hash"] = "0" * 64  # as if prepared by another Python
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="holds the stdlib of Python"):
+        prepare_main(argv)
 
 
 def test_interrupted_prepare_resumes_without_redoing_shards(corpus, local_dir, tmp_path, monkeypatch):
