@@ -160,6 +160,26 @@ def test_fineweb_source_streams_hub_name(corpus, local_dir, tmp_path, monkeypatc
         np.testing.assert_array_equal(_read_split(out, split), _read_split(local_dir, split))
 
 
+def test_jsonl_and_text_files_same_stream(corpus, local_dir, tmp_path):
+    """jsonl (FineWeb schema) and plain .txt files (one document per file) go through the same path."""
+    texts, parquet = corpus
+    jsonl = tmp_path / "fw.jsonl"
+    rows = pq.read_table(parquet).to_pylist()
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = prepare(_local_cfg(tmp_path / "json", [str(jsonl)], tokenizer=str(local_dir), num_proc=1))
+    for split in ("val", "train"):
+        np.testing.assert_array_equal(_read_split(out, split), _read_split(local_dir, split))
+    (tmp_path / "txt").mkdir()
+    for i, t in enumerate(texts[:30]):
+        (tmp_path / "txt" / f"doc_{i:03d}.txt").write_text(t)
+    out = prepare(_local_cfg(tmp_path / "text", [str(tmp_path / "txt" / "*.txt")], tokenizer=str(local_dir),
+                             val_tokens=500, train_tokens=None, num_proc=1))
+    exp_val, exp_train = _expected_streams(out, texts[:30], 500, None)
+    np.testing.assert_array_equal(_read_split(out, "val"), exp_val)
+    np.testing.assert_array_equal(_read_split(out, "train"), exp_train)
+    assert load_manifest(out)["source_info"]["format"] == "text"
+
+
 def test_stdlib_prepare_cli_end_to_end(tmp_path):
     out = tmp_path / "stdlib"
     argv = ["--config", str(RECIPES / "stdlib.yaml"), "--output_dir", str(out), "--stdlib_max_bytes", "120000",
