@@ -90,9 +90,8 @@ def adam_direction(optimizer: torch.optim.Optimizer, group: dict[str, Any], p: t
     step = float(state["step"])
     bc1 = 1.0 - beta1**step
     bc2 = 1.0 - beta2**step
-    m = local_tensor(state["exp_avg"]).double()
-    v = local_tensor(state["exp_avg_sq"]).double()
-    return (m / bc1) / ((v / bc2).sqrt_() + float(group["eps"]))
+    denom = local_tensor(state["exp_avg_sq"]).double().div_(bc2).sqrt_().add_(float(group["eps"]))
+    return local_tensor(state["exp_avg"]).double().div_(bc1).div_(denom)
 
 
 class AdamH(torch.optim.Optimizer):

@@ -79,17 +79,16 @@ class EffectiveLRTracker:
         groups = self.optimizer.param_groups
         rows = []
         for (gi, p, _, _), w0 in zip(self._tracked, snapshot):
-            w0 = w0.double()
-            delta = local_tensor(p.detach()).double() - w0
+            w0 = w0.double().reshape(-1)
+            delta = local_tensor(p.detach()).double().reshape(-1).sub_(w0)
             u = adam_direction(self.optimizer, groups[gi], p)
-            uu, uw = (torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)) if u is None else (
-                u.square().sum(),
-                (u * w0).sum(),
-            )
-            ww0 = w0.square().sum()
-            dd = delta.square().sum()
-            dw = (delta * w0).sum()
-            rows.append(torch.stack([ww0, dd, dw, uu.to(ww0.device), uw.to(ww0.device)]))
+            if u is None:
+                uu = uw = torch.zeros((), dtype=torch.float64, device=w0.device)
+            else:
+                u = u.reshape(-1)
+                uu, uw = torch.dot(u, u), torch.dot(u, w0)
+            rows.append(torch.stack([torch.dot(w0, w0), torch.dot(delta, delta), torch.dot(delta, w0), uu, uw]))
+            del w0, delta, u
         partials = all_reduce_partials(torch.stack(rows, dim=1), [shard_key(p) for _, p, _, _ in self._tracked])
         ww0, dd, dw, uu, uw = partials.cpu().tolist()
 
