@@ -83,10 +83,10 @@ def _load_json(path: Path) -> Any:
 
 @contextlib.contextmanager
 def _atomic_folder(out_dir: Path) -> Iterator[Path]:
-    """Yield a temp folder next to `out_dir`; on success it replaces `out_dir` in one rename.
+    """Yield a temp folder next to `out_dir`; on success it is renamed into place (the previous
+    folder, if any, is renamed aside first and then deleted).
 
-    Readers (and a publish running from the old folder) never see a half-built folder; a failed
-    build leaves the previous folder untouched.
+    Nobody ever sees a half-built folder, and a failed build leaves the previous folder untouched.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -153,9 +153,11 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not is_run_dir(run_dir):
         raise ValueError(f"run_dir={str(run_dir)!r} has no result.json: not a finished run folder")
     result = _load_json(run_dir / "result.json")
-    status = result.get("status")
+    status, loss = result.get("status"), result.get("final_val_loss")
     if status != "ok":
         raise ValueError(f"run {run_dir}: status={status!r}; only runs with status 'ok' get a model folder")
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        raise ValueError(f"run {run_dir}: final_val_loss={loss!r}; a model card needs a finite validation loss")
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ValueError(f"run {run_dir}: config.yaml is missing (the run's TrainConfig)")
@@ -214,9 +216,10 @@ def _load_tokenizer(run_dir: Path, config: dict[str, Any]) -> Any:
     """The run's tokenizer: saved next to the model, else the one in its prepared data folder."""
     from transformers import AutoTokenizer
 
-    for candidate in (run_dir / "model", Path(str(config.get("data_dir") or "")) if config.get("data_dir") else None):
-        if candidate is not None and ((candidate / "tokenizer.json").is_file() or (candidate / "tokenizer_config.json").is_file()):
-            return AutoTokenizer.from_pretrained(candidate)
+    candidates = [run_dir / "model"] + ([Path(config["data_dir"])] if config.get("data_dir") else [])
+    for folder in candidates:
+        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(folder)
     raise ValueError(
         f"run {run_dir}: no tokenizer in model/ and none in data_dir={config.get('data_dir')!r}; "
         "the published folder must be loadable with AutoTokenizer"
@@ -308,7 +311,7 @@ def _find_cell(group: dict[str, Any] | None, N: int, D: int) -> dict[str, Any] |
     return None
 
 
-def _plot_cell(rows: Any, cell: dict[str, Any] | None, run_lr: float, path: Path, title: str) -> None:
+def _plot_cell(rows: Any, cell: dict[str, Any] | None, run_id: str, path: Path, title: str) -> None:
     """Loss vs log2 η of one (N, D) cell: every run, the seed mean, η* with its interval, this run."""
     import numpy as np
     from matplotlib.figure import Figure
@@ -333,12 +336,12 @@ def _plot_cell(rows: Any, cell: dict[str, Any] | None, run_lr: float, path: Path
         lo, hi = cell.get("eta_star_lo"), cell.get("eta_star_hi")
         if lo and hi:
             ax.axvspan(math.log2(lo), math.log2(hi), color="C2", alpha=0.15, lw=0)
-    this = ok[np.isclose(ok["lr"].astype(float), run_lr)]
+    this = ok[ok["run_id"] == run_id]
     if len(this):
         ax.scatter(np.log2(this["lr"].astype(float)), this["val_loss"], marker="*", s=140, color="C1",
                    zorder=5, label="this run")
     ax.set_xlabel("log2 η")
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -372,10 +375,10 @@ def _sweep_context(result: dict[str, Any], study_dir: Path, folder: Path, study_
     table = []
     for r in rows.itertuples():
         mark = "**this run**" if r.run_id == result.get("run_id") else ""
-        table.append([_fmt_lr(float(r.lr)), int(r.seed), r.status, _fmt(float(r.val_loss)),
-                      _fmt(None if r.eta_eff_mean is None or not np.isfinite(r.eta_eff_mean) else float(r.eta_eff_mean)), mark])
+        eff = None if r.eta_eff_mean is None or not np.isfinite(r.eta_eff_mean) else float(r.eta_eff_mean)
+        table.append([_fmt_lr(float(r.lr)), int(r.seed), r.status, _fmt(float(r.val_loss)), _fmt(eff), mark])
     out += [_md_table(["η", "seed", "status", "val loss", "η_eff (mean)", ""], table), ""]
-    _plot_cell(rows, cell, lr, folder / "plots" / "sweep_cell.png",
+    _plot_cell(rows, cell, str(result.get("run_id")), folder / "plots" / "sweep_cell.png",
                f"{key['model_family']}/{key['parameterization']}/{key['optimizer']}  N={_human(N)}  D={_human(D)}")
     out += ["![validation loss vs learning rate in this cell](plots/sweep_cell.png)", ""]
     if cell is None:
@@ -460,10 +463,11 @@ def _study_reproduce(study_dir: Path, specs: list[str]) -> list[str]:
     for spec in specs:
         cfg = yaml.safe_load((study_dir / spec).read_text()) or {}
         data_dir = (cfg.get("base") or {}).get("data_dir") if isinstance(cfg, dict) else None
-        manifest = _load_json(Path(data_dir) / "manifest.json") if data_dir and (Path(data_dir) / "manifest.json").is_file() else None
-        prepare = _prepare_command(manifest)
-        if prepare and prepare not in prepares:
-            prepares.append(prepare.replace("DATA_DIR", str(data_dir)))
+        prepare = _prepare_command(_manifest({"data_dir": data_dir}))
+        if prepare:
+            prepare = prepare.replace("--output_dir DATA_DIR", f"--output_dir {data_dir}")
+            if prepare not in prepares:
+                prepares.append(prepare)
         sweeps.append(f"lrtransfer sweep --config {spec}")
     out = "STUDY"
     lines += prepares + (sweeps or ["lrtransfer study"])
@@ -505,8 +509,8 @@ def _training_rows(result: dict[str, Any], config: dict[str, Any]) -> list[list[
         ["model family", str(result.get("model_family"))],
         ["parameterization", str(result.get("parameterization"))],
         ["width × depth × heads", f"{result.get('hidden_size')} × {result.get('num_hidden_layers')} × "
-                                  f"{config.get('num_attention_heads', '?')} "
-                                  f"(base {config.get('base_hidden_size', '?')} × {config.get('base_num_layers', '?')})"],
+         f"{config.get('num_attention_heads', '?')} (base {config.get('base_hidden_size', '?')} × "
+         f"{config.get('base_num_layers', '?')})"],
         ["N (non-embedding params)", f"{result.get('N')} ({_human(result.get('N'))})"],
         ["N total", f"{result.get('N_total')} ({_human(result.get('N_total'))})"],
         ["D (tokens)", f"{result.get('D')} ({_human(result.get('D'))}; trained {result.get('tokens')})"],
@@ -574,13 +578,12 @@ def _prepare_command(manifest: dict[str, Any] | None) -> str | None:
 
 
 def _model_card(result: dict[str, Any], config: dict[str, Any], manifest: dict[str, Any] | None,
-                context: str | None, *, stock: bool, repo_name: str, study_link: str | None) -> tuple[ModelCardData, str]:
+                context: str | None, *, stock: bool, repo_name: str,
+                study_link: str | None) -> tuple[ModelCardData, str]:
+    """Card metadata (model-index with validation loss and perplexity) and the card's markdown body."""
     ds = _dataset_info(config, manifest)
-    loss, ppl = result.get("final_val_loss"), result.get("final_val_ppl")
-    if loss is None or not math.isfinite(float(loss)):
-        raise ValueError(f"run {result.get('run_id')}: final_val_loss={loss!r} is not a finite number")
-    if ppl is None:
-        ppl = math.exp(float(loss))
+    loss = float(result["final_val_loss"])
+    ppl = float(result.get("final_val_ppl") or math.exp(loss))
     evals = [
         EvalResult(task_type="text-generation", task_name="Causal language modeling", dataset_type=ds["type"],
                    dataset_name=ds["name"], dataset_config=ds["config"], dataset_split="validation",
@@ -595,6 +598,7 @@ def _model_card(result: dict[str, Any], config: dict[str, Any], manifest: dict[s
         license=LICENSE, library_name="transformers", pipeline_tag="text-generation", tags=tags,
         datasets=[ds["id"]] if ds["id"] else None, model_name=repo_name, eval_results=evals,
     )
+    prompt = "def main(" if ds["type"] == "python-stdlib" else "The learning rate"
     load = ("model = AutoModelForCausalLM.from_pretrained(repo)" if stock else
             "model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)")
     body = [
@@ -613,8 +617,8 @@ def _model_card(result: dict[str, Any], config: dict[str, Any], manifest: dict[s
         "## Evaluation",
         "",
         _md_table(["dataset", "split", "validation loss", "perplexity"],
-                  [[ds["name"], "validation (held out before training, same tokens for every run)", _fmt(float(loss)),
-                    _fmt(float(ppl))]]),
+                  [[ds["name"], "validation (held out before training, same tokens for every run)", _fmt(loss),
+                    _fmt(ppl)]]),
         "",
         "## Training",
         "",
@@ -629,7 +633,7 @@ def _model_card(result: dict[str, Any], config: dict[str, Any], manifest: dict[s
         "tokenizer = AutoTokenizer.from_pretrained(repo)" if stock else
         "tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)",
         load,
-        'out = model.generate(**tokenizer("def main(", return_tensors="pt"), max_new_tokens=20)',
+        f'out = model.generate(**tokenizer("{prompt}", return_tensors="pt"), max_new_tokens=20)',
         "print(tokenizer.decode(out[0]))",
         "```",
         "",
@@ -714,8 +718,7 @@ def _grid_section(results: Any) -> list[str]:
     rows = []
     for key, g in results.groupby(list(GROUP_KEYS), sort=True):
         lrs = sorted(g["lr"].astype(float).unique())
-        widths = sorted(zip(g["hidden_size"].astype(int), g["N"].astype(int)))
-        widths = sorted(set(widths))
+        widths = sorted(set(zip(g["hidden_size"].astype(int), g["N"].astype(int))))
         status = ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().sort_index().items())
         rows.append([
             "/".join(map(str, key)),
@@ -730,10 +733,9 @@ def _grid_section(results: Any) -> list[str]:
 
 
 def _interval(x: Any, lo: Any, hi: Any, lr: bool = True) -> str:
+    """A value with its [16%, 84%] interval; `lr` formats all three as learning rates."""
     f = _fmt_lr if lr else _fmt
-    if lo is None and hi is None:
-        return f(x)
-    return f"{f(x)} [{_fmt_lr(lo) if lr else _fmt(lo)}, {_fmt_lr(hi) if lr else _fmt(hi)}]"
+    return f(x) if lo is None and hi is None else f"{f(x)} [{f(lo)}, {f(hi)}]"
 
 
 def _eta_star_section(fits: dict[str, Any]) -> list[str]:
@@ -761,8 +763,9 @@ def _laws_section(fits: dict[str, Any]) -> list[str]:
            "y = log2 η\\* (or log2 η\\*_eff) against x = log2 D at fixed N, and against log2 N at fixed D. "
            "slope: the log-linear law, with its 16–84% interval. c2: the curvature (quadratic coefficient; "
            "c2 > 0 bends upward, so small-scale fits under-predict). r2_ood: a line fitted on the small scales "
-           "predicts the held-out larger ones (1 is perfect, can be negative); ratio: observed / predicted "
-           "η\\* at the largest scale (> 1: the law under-predicts).", ""]
+           "predicts the held-out larger ones (1 is perfect, can be negative; needs ≥ 2 held-out points), "
+           "rmse_ood its error in log2 units; ratio: observed / predicted η\\* at the largest scale (> 1: the "
+           "law under-predicts).", ""]
     for group in fits.get("groups", []):
         laws, extrap = group.get("laws") or {}, group.get("extrapolation") or {}
         out += [f"### {_group_name(group)}", ""]
@@ -785,13 +788,15 @@ def _laws_section(fits: dict[str, Any]) -> list[str]:
                         _fmt(lin.get("r2"), 3),
                         _interval(quad.get("c2"), quad.get("c2_lo"), quad.get("c2_hi"), lr=False),
                         f"{_fmt(ex.get('r2_ood'), 3)} ({var} ≤ {_human(max(fit_on))})" if fit_on else "–",
+                        _fmt(ex.get("rmse_ood_log2"), 3),
                         _fmt(ex.get("extrapolation_ratio"), 3),
                         ", ".join(fit.get("flags") or []) or "–",
                     ])
                 if rows:
                     out += [f"{qname} along {var}:", "",
                             _md_table([f"fixed {fixed}", f"{var} values", "slope [16%, 84%]", "r2",
-                                       "c2 [16%, 84%]", "r2_ood (fit on)", "ratio", "flags"], rows), ""]
+                                       "c2 [16%, 84%]", "r2_ood (fit on)", "rmse_ood (log2)", "ratio", "flags"],
+                                      rows), ""]
     return out
 
 
@@ -827,9 +832,9 @@ def _comparisons_section(fits: dict[str, Any]) -> list[str]:
                 b = ((comp.get(qkey) or {}).get("b") or {}).get(axis) or {}
                 if not any(v is not None for v in (*a.values(), *b.values())):
                     continue
+                metrics = ("range_log2_mean", "slope_mean", "c2_mean", "r2_ood_full", "budget_to_r2_0.9")
                 rows.append([f"{comp['a']} vs {comp['b']} ({rest})", f"{qname} along {var}",
-                             *(f"{_fmt(a.get(k), 3)} / {_fmt(b.get(k), 3)}"
-                               for k in ("range_log2_mean", "slope_mean", "c2_mean", "r2_ood_full", "budget_to_r2_0.9"))])
+                             *(f"{_fmt(a.get(k), 3)} / {_fmt(b.get(k), 3)}" for k in metrics)])
     if not rows:
         return []
     return ["## Comparisons", "",
@@ -888,17 +893,15 @@ def _model_links(results: Any, study_dir: Path, model_repos: dict[str, str] | No
     """Published model repos of the study's runs: given explicitly, or recorded by `lrtransfer publish`."""
     links = []
     for r in results.sort_values(list(GROUP_KEYS) + ["N", "D", "lr", "seed"]).itertuples():
-        repos = []
-        if model_repos and r.run_id in model_repos:
-            repos.append(model_repos[r.run_id])
+        repos = [_repo_link(model_repos[r.run_id])] if model_repos and r.run_id in model_repos else []
         run_path = Path(str(r.run_path)) if getattr(r, "run_path", None) else None
         if run_path is not None and not run_path.is_absolute():
             run_path = study_dir / run_path
-        repos = [_repo_link(x) for x in repos]
-        for kind in ("model", "stock"):
-            link = _published_repo(run_path, kind) if run_path is not None and run_path.is_dir() else None
-            if link and link not in repos:
-                repos.append(link)
+        if run_path is not None and run_path.is_dir():
+            for kind in ("model", "stock"):
+                link = _published_repo(run_path, kind)
+                if link and link not in repos:
+                    repos.append(link)
         if repos:
             links.append([f"{r.model_family}/{r.parameterization}/{r.optimizer}", _human(int(r.N)),
                           _human(int(r.D)), _fmt_lr(float(r.lr)), _fmt(float(r.val_loss)), ", ".join(repos)])
@@ -939,8 +942,10 @@ def build_study_folder(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
         for extra_file in [*specs, "summary.json"]:
             if (study_dir / extra_file).is_file():
                 shutil.copyfile(study_dir / extra_file, tmp / extra_file)
-        body = _study_body(study_dir, name, results, fits, plots, specs, _model_links(results, study_dir, model_repos), repo_type)
+        links = _model_links(results, study_dir, model_repos)
+        body = _study_body(study_dir, name, results, fits, plots, specs, links, repo_type)
         groups = sorted({str(v) for k in GROUP_KEYS for v in results[k].unique()})
+        # a dataset repo's viewer shows results.parquet through the `configs` metadata
         extra = {"configs": [{"config_name": "default", "data_files": "results.parquet"}]} if repo_type == "dataset" else {}
         data = ModelCardData(license=LICENSE, tags=["lrtransfer", "learning-rate-transfer", "scaling-laws", *groups],
                              model_name=name, **extra)

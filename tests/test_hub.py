@@ -309,8 +309,9 @@ def test_study_folder_loads_with_datasets(tree, tmp_path):
     from datasets import load_dataset
 
     study = tree["study"]
+    run_id = json.loads((tree["runs"]["gpt2"] / "result.json").read_text())["run_id"]
     folder = hub.build_study_folder(study, tmp_path / "study_hub", repo_type="dataset", repo_name="user/study",
-                                    model_repos={json.loads((tree["runs"]["gpt2"] / "result.json").read_text())["run_id"]: "user/gpt2"})
+                                    model_repos={run_id: "user/gpt2"})
     table = pd.read_parquet(study / "results.parquet")
     ds = load_dataset("parquet", data_files=str(folder / "results.parquet"), cache_dir=str(tmp_path / "cache"))["train"]
     assert ds.num_rows == len(table) and set(table.columns) <= set(ds.column_names)
@@ -444,8 +445,10 @@ def test_bad_input_is_rejected_before_work(tree, tokenizer, tmp_path):
 def test_card_rebuild_is_atomic(tree, tmp_path, monkeypatch):
     """A failed rebuild leaves the previous folder untouched and no temp folders behind."""
     run = tree["runs"]["gpt2"]
-    out = hub.build_model_folder(run, tmp_path / "atomic")
+    out = tmp_path / "atomic"
+    assert hub.card_main([str(run), "--out", str(out)]) == 0  # `lrtransfer card RUN --out DIR`
     before = _tree_digest(out)
+    assert {"README.md", "model.safetensors", "plots/sweep_cell.png"} <= set(before)
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
