@@ -689,6 +689,9 @@ class _Run:
             log_with=cfg.report_to or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP":
+            print(f"[lrtransfer] warning: an FSDP launch, but accelerate runs {acc.distributed_type.value} "
+                  "(accelerate enables FSDP on GPUs/accelerators only)", file=sys.stderr, flush=True)
         if acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
