@@ -886,7 +886,10 @@ def _study_plots(study_dir: Path, exclude: Path) -> list[Path]:
     """PNG plots of the study (its plots/ folder and top level), never those inside built Hub folders."""
     found = sorted(study_dir.glob("*.png")) + sorted((study_dir / "plots").rglob("*.png"))
     exclude = exclude.resolve()
-    return [p for p in found if exclude not in p.resolve().parents]
+    found = [p for p in found if exclude not in p.resolve().parents]
+    # the card reads top-down: loss-vs-LR curves, then the η* laws, then extrapolation, then the rest
+    order = ("lr_curves", "eta_star", "eta_eff", "r2_ood")
+    return sorted(found, key=lambda p: next((i for i, o in enumerate(order) if p.name.startswith(o)), len(order)))
 
 
 def _model_links(results: Any, study_dir: Path, model_repos: dict[str, str] | None) -> list[list[str]]:
@@ -1108,7 +1111,9 @@ def publish_main(argv: list[str]) -> int:
         else:
             raise ValueError(f"{source}: not a run folder (result.json), a study folder (results.parquet) "
                              "or a built Hub folder (README.md)")
-        publish(folder, args.repo_id, private=args.private, repo_type=args.repo_type, dry_run=args.dry_run)
+        kind = "study" if is_study_dir(source) else "run" if is_run_dir(source) else "folder"
+        publish(folder, args.repo_id, private=args.private, repo_type=args.repo_type, dry_run=args.dry_run,
+                commit_message=f"lrtransfer: upload {kind} {source.resolve().name}")
     except ValueError as e:
         print(f"lrtransfer publish: {e}", file=sys.stderr)
         return 2
