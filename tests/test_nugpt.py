@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as llama_apply_rotary_pos_emb
-
 from lrtransfer.modeling import get_family
 from lrtransfer.modeling.nugpt import NuGPTConfig, NuGPTForCausalLM
 from lrtransfer.optim import build_optimizer
+from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as llama_apply_rotary_pos_emb
 
 VOCAB = 96
 
@@ -116,7 +115,7 @@ def perturb_rescalers(model: NuGPTForCausalLM, seed: int = 1) -> None:
     """Move every rescaler away from its init so the reference sees each one act (sign flips for |α|)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.mul_(torch.empty(p.shape).uniform_(-1.5, 3.0, generator=gen))
 

@@ -144,7 +144,11 @@ class NuGPTRescaler(nn.Module):
 
 
 class NuGPTRotaryEmbedding(nn.Module):
-    """RoPE in transformers' Llama convention (rotate-half), computed in fp32."""
+    """RoPE in transformers' Llama convention (rotate-half, pairs (i, i + d_h/2)), computed in fp32.
+
+    Returns cos and a sign-folded sin, so that RoPE(x) = x·cos + roll(x, d_h/2)·sin_signed equals Llama's
+    x·cos + rotate_half(x)·sin without the negation pass.
+    """
 
     def __init__(self, config: NuGPTConfig):
         super().__init__()
@@ -159,21 +163,18 @@ class NuGPTRotaryEmbedding(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = freqs.cos(), freqs.sin()
+        return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((-sin, sin), dim=-1).to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rotary_pos_emb(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Llama's rotate-half RoPE on x (..., head_dim); cos, sin_signed broadcast against x."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin_signed
 
 
-def apply_rotary_pos_emb(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """q, k: (batch, heads, seq, head_dim); cos, sin: (batch, seq, head_dim)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+def unit_norm(x: torch.Tensor) -> torch.Tensor:
+    """x / ||x|| over the last axis (nGPT's Norm), with the squared norm accumulated in fp32."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True, dtype=torch.float32)).to(x.dtype)
 
 
 def eager_attention_forward(
@@ -225,12 +226,12 @@ class NuGPTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        s_qk = self.qk_scale().view(self.num_heads, 1, self.head_dim)
-        query = s_qk * F.normalize(query, dim=-1)
-        key = s_qk * F.normalize(key, dim=-1)
+        # q and k together: Norm per head, RoPE (a rotation, so it commutes with Norm), then s_qk.
+        cos, sin = (t[:, :, None, None, :] for t in position_embeddings)
+        s_qk = self.qk_scale().view(self.num_heads, self.head_dim)
+        qk = apply_rotary_pos_emb(unit_norm(qkv[:, :, :2]), cos, sin) * s_qk
+        query, key = qk.transpose(1, 3).unbind(2)  # each (batch, heads, seq, head_dim)
+        value = qkv[:, :, 2].transpose(1, 2)
 
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
@@ -262,9 +263,10 @@ class NuGPTMLP(nn.Module):
         self.sqrt_d = math.sqrt(config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        u, v = self.uv_proj(hidden_states).chunk(2, dim=-1)
-        u = u * self.u_scale()
-        v = v * (self.v_scale() * self.sqrt_d)
+        # The per-unit scales multiply W_uν's rows rather than the (tokens x 2·d_ff) activations: same product,
+        # a fraction of the memory traffic.
+        scale = torch.cat((self.u_scale(), self.v_scale() * self.sqrt_d))
+        u, v = F.linear(hidden_states, self.uv_proj.weight * scale[:, None]).chunk(2, dim=-1)
         return self.down_proj(u * F.silu(v))
 
 
@@ -293,11 +295,9 @@ class NuGPTDecoderLayer(GradientCheckpointingLayer):
             past_key_values=past_key_values,
             **kwargs,
         )
-        alpha = self.attn_alpha().abs()
-        hidden_states = F.normalize(hidden_states + alpha * (F.normalize(h_a, dim=-1) - hidden_states), dim=-1)
+        hidden_states = unit_norm(torch.lerp(hidden_states, unit_norm(h_a), self.attn_alpha().abs()))
         h_m = self.mlp(hidden_states)
-        alpha = self.mlp_alpha().abs()
-        return F.normalize(hidden_states + alpha * (F.normalize(h_m, dim=-1) - hidden_states), dim=-1)
+        return unit_norm(torch.lerp(hidden_states, unit_norm(h_m), self.mlp_alpha().abs()))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -489,7 +489,8 @@ class NuGPTForCausalLM(NuGPTPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :]) * self.logit_scale()
+        # s_z scales lm_head's rows rather than the (tokens x V) logits: same product, far less memory traffic.
+        logits = F.linear(hidden_states[:, keep, :], self.lm_head.weight * self.logit_scale()[:, None])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
