@@ -22,6 +22,16 @@ SIGMA = 0.02
 V, T = 97, 16
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models are dispatch-bound: one intra-op thread is faster, and far faster on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def make(**kw) -> LRTGPT2ForCausalLM:
     base = dict(vocab_size=V, max_position_embeddings=T, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 base_hidden_size=32, base_num_layers=2)
@@ -286,6 +296,6 @@ def test_remote_code_loads_in_fresh_process_without_lrtransfer(tmp_path) -> None
         print("OK", type(model).__name__)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
+                          env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK LRTGPT2ForCausalLM" in proc.stdout
