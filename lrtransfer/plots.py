@@ -23,6 +23,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
 from lrtransfer.fit import QUANTITIES, load_results
 from lrtransfer.utils import atomic_write_bytes, parse_config
@@ -56,12 +57,31 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _grid(n: int, *, width: float = 4.6, height: float = 3.6, max_cols: int = 3) -> tuple[Figure, list[Axes]]:
+def _grid(
+    n: int, *, width: float = 3.6, height: float = 2.8, max_cols: int = 3, right: float = 0.25, bottom: float = 0.6
+) -> tuple[Figure, list[Axes]]:
+    """A grid of `n` panels of width × height inches with fixed margins (inches).
+
+    Fixed margins instead of constrained layout: half the rendering time, and the room for a
+    figure legend (`right`) or legends under the panels (`bottom`) is explicit.
+    """
     cols = min(max(n, 1), max_cols)
     rows = math.ceil(max(n, 1) / cols)
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    left, top, wgap, hgap = 0.85, 0.75, 0.9, 0.85
+    W = left + cols * width + (cols - 1) * wgap + right
+    H = top + rows * height + (rows - 1) * hgap + bottom
+    fig = Figure(figsize=(W, H))
+    fig.subplots_adjust(left=left / W, right=1 - right / W, bottom=bottom / H, top=1 - top / H,
+                        wspace=wgap / width, hspace=hgap / height)  # fmt: skip
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(max(n, 1))]
     return fig, axes
+
+
+def _empty(ax: Axes, message: str) -> None:
+    """A panel with nothing to show says why, without meaningless ticks."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=9)
 
 
 def _colors(n: int) -> list:
@@ -69,9 +89,36 @@ def _colors(n: int) -> list:
     return [cmap(0.05 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
 
 
-def _log2_axis(ax: Axes, which: str) -> None:
-    """Log axis in base 2 with plain tick labels (η and D are swept in powers of two)."""
+class _Log2Locator(Locator):
+    """Ticks at 2^(k·step), step ∈ {…, 2, 1, ½, ¼, ⅛} (≥ min_step) chosen for 3–8 ticks: a range
+    under a factor of two (common for η*) still gets readable ticks, where matplotlib's log locator
+    leaves one or none. Swept counts (D, N, width, ρ) keep whole powers of two (min_step=1)."""
+
+    def __init__(self, min_step: float = 0.125) -> None:
+        self.min_step = min_step
+
+    def __call__(self) -> np.ndarray:
+        vmin, vmax = self.axis.get_view_interval()
+        return self.tick_values(vmin, vmax)
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        if not (vmin > 0 and vmax > 0):
+            return np.zeros(0)
+        lo, hi = sorted((math.log2(vmin), math.log2(vmax)))
+        step = 2.0 ** math.ceil(math.log2(max((hi - lo) / 8, 1e-9)))
+        step = max(step, self.min_step)
+        while step > self.min_step and math.floor(hi / step) - math.ceil(lo / step) + 1 < 3:
+            step /= 2
+        return 2.0 ** (np.arange(math.ceil(lo / step), math.floor(hi / step) + 1) * step)
+
+
+def _log2_axis(ax: Axes, which: str, *, si: bool = False, whole: bool = False) -> None:
+    """Log axis in base 2 (η, D and N are swept in powers of two): decimal η values, SI counts."""
     getattr(ax, f"set_{which}scale")("log", base=2)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(_Log2Locator(1.0 if (si or whole) else 0.125))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: (_si(v) if si else f"{v:.3g}") if v > 0 else ""))
+    axis.set_minor_locator(NullLocator())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,15 +157,18 @@ def _draw_cell(ax: Axes, cell: dict[str, Any], color: Any, label: str | None, se
 
 
 def _loss_ylim(ax: Axes, cells: list[dict[str, Any]]) -> None:
-    """Focus on the bowls: LRs far from the optimum have losses that would flatten every minimum."""
-    ys = np.concatenate([np.asarray(c["losses"], float) for c in cells if c["losses"]] or [np.zeros(0)])
-    if not len(ys):
-        return
-    best = [min(c["losses"]) for c in cells if c["losses"]]
-    lo, hi = min(best), max(ys)
-    span = max(max(best) - lo, 1e-3)
-    top = min(hi, max(best) + max(4 * span, 0.25 * (hi - lo), 0.05))
-    ax.set_ylim(lo - 0.08 * (top - lo), top + 0.05 * (top - lo))
+    """Show each bowl's fit window (j* ± 2) in full and cut the far tails, whose losses at bad LRs
+    would otherwise flatten every minimum."""
+    lo, top = math.inf, -math.inf
+    for c in cells:
+        y = np.asarray(c["losses"], float)
+        if not len(y):
+            continue
+        j = int(np.argmin(y))
+        lo, top = min(lo, y[j]), max(top, y[max(0, j - 2) : j + 3].max())
+    if math.isfinite(lo):
+        pad = max(top - lo, 1e-3)
+        ax.set_ylim(lo - 0.08 * pad, top + 0.12 * pad)
 
 
 def _mark_diverged(ax: Axes, cells: list[dict[str, Any]], colors: list) -> bool:
@@ -153,7 +203,7 @@ def plot_lr_curves(group: dict[str, Any], out_dir: str | os.PathLike, results: p
         fixed_vals = sorted({c[fixed_key] for c in cells})
         line_vals = sorted({c[line_key] for c in cells})
         color_of = dict(zip(line_vals, _colors(len(line_vals))))
-        fig, axes = _grid(len(fixed_vals), max_cols=4)
+        fig, axes = _grid(len(fixed_vals), max_cols=4, right=2.3)
         any_div = False
         for ax, fv in zip(axes, fixed_vals):
             sel = sorted([c for c in cells if c[fixed_key] == fv], key=lambda c: c[line_key])
@@ -188,7 +238,9 @@ def plot_lr_curves(group: dict[str, Any], out_dir: str | os.PathLike, results: p
                 w = next((c.get("hidden_size") for c in cells if c["N"] == v and c.get("hidden_size")), None)
                 label = f"d = {w} (N = {_si(v)})" if w else f"N = {_si(v)}"
             handles.append(Line2D([], [], color=color_of[v], marker="o", ms=4, label=label))
-        fig.legend(handles=handles + _legend_extra(any_div), loc="outside right upper", fontsize=8)
+        W, H = fig.get_size_inches()
+        fig.legend(handles=handles + _legend_extra(any_div), loc="upper left", fontsize=8,
+                   bbox_to_anchor=(1 - 2.2 / W, 1 - 0.75 / H))  # fmt: skip
         fig.suptitle(f"{_title(group)}: loss vs learning rate, one line per {by}")
         paths.append(_save(fig, out_dir / f"lr_curves_{_tag(group)}_by_{by}.png"))
     return paths
@@ -227,7 +279,7 @@ def plot_laws(group: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     out_dir = Path(out_dir)
     paths = []
     for axis, xlabel, fixed_name in (("along_D", "D (training tokens)", "N"), ("along_N", "N (non-embedding params)", "D")):
-        fig, axes = _grid(2, width=5.4, height=5.0)
+        fig, axes = _grid(2, width=4.4, height=3.3, bottom=1.55)
         for ax, q in zip(axes, QUANTITIES):
             laws = dict(sorted(group["laws"][q][axis].items(), key=lambda kv: float(kv[0])))
             colors = _colors(len(laws))
@@ -241,12 +293,14 @@ def plot_laws(group: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
                 if ex.get("extrapolation_ratio") is not None:
                     r2 += f", ratio={ex['extrapolation_ratio']:.2f}"
                 _draw_law(ax, law, ex, color, f"{fixed_name}={_si(float(fixed))}{c2}{r2}")
-            for side in ("x", "y"):
-                _log2_axis(ax, side)
             ax.set_xlabel(xlabel + ", log2 scale")
-            ax.set_ylabel(f"{QLABEL[q]} (" + ("peak LR" if q == "eta_star" else "mean step on the unit sphere")
-                          + "), log2 scale")  # fmt: skip
+            ax.set_ylabel(f"{QLABEL[q]} (" + ("peak LR" if q == "eta_star" else "per-step angle, rad") + "), log2 scale")
             ax.set_title(f"{QLABEL[q]} vs {axis[-1]}", fontsize=10)
+            if not any(law["n"] for law in laws.values()):
+                _empty(ax, f"no cell has an {QLABEL[q]}")
+                continue
+            _log2_axis(ax, "x", si=True)
+            _log2_axis(ax, "y")
             ax.grid(alpha=0.3, which="both")
             handles, _ = ax.get_legend_handles_labels()
             handles += [Line2D([], [], color="gray", ls="-", label="linear fit (window)"),
@@ -254,8 +308,6 @@ def plot_laws(group: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
                         Line2D([], [], color="gray", ls=":", label="quadratic (all points)"),
                         Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="held out")]  # fmt: skip
             ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-            if not laws:
-                ax.text(0.5, 0.5, "no cell has an η*", ha="center", va="center", transform=ax.transAxes)
         fig.suptitle(f"{_title(group)}: optimal LR vs {axis[-1]}")
         paths.append(_save(fig, out_dir / f"eta_star_vs_{axis[-1]}_{_tag(group)}.png"))
     return paths
@@ -267,7 +319,7 @@ def plot_budget(group: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     r2_ood needs ≥ 2 held-out scales, so small ladders have few r2 points; the rmse panel has one
     point per ρ with ≥ 2 fitted scales. r2 is clipped below at −1 (▼ marks clipped points).
     """
-    fig, (ax, ax2) = _grid(2, width=5.2, height=4.2)
+    fig, (ax, ax2) = _grid(2, width=4.4, height=3.3)
     floor = -1.0
     any_pt = False
     for q, marker, ls in zip(QUANTITIES, ("o", "s"), ("-", "--")):
@@ -288,22 +340,23 @@ def plot_budget(group: dict[str, Any], out_dir: str | os.PathLike) -> Path:
             ax.plot(rho, np.maximum(r2, floor), ls, marker=marker, color=color, label=label)
             low = r2 < floor
             ax.plot(rho[low], np.full(low.sum(), floor), "v", color=color, ms=10)
-    ax.axhline(0.9, color="gray", lw=1, ls=":", label="r2_ood = 0.9")
-    ax.set_ylim(floor - 0.08, 1.05)
+    if any_pt:
+        ax.axhline(0.9, color="gray", lw=1, ls=":", label="r2_ood = 0.9")
+        ax.set_ylim(floor - 0.08, 1.05)
     ax.set_ylabel("r2_ood on held-out scales (clipped at −1: ▼)")
     ax.set_title("r2_ood (needs ≥ 2 held-out scales)", fontsize=10)
     ax2.set_ylabel("rmse_ood_log2 (factors of 2 in η*)")
     ax2.set_title("rmse of the extrapolated log2 η*", fontsize=10)
     ax2.set_ylim(bottom=0)
-    for a_ in (ax, ax2):
-        _log2_axis(a_, "x")
+    for a_, loc, has, empty in ((ax, "lower right", any_pt, "no r2_ood: needs ≥ 2 fitted\nand ≥ 2 held-out scales"),
+                                (ax2, "best", bool(ax2.lines), "no extrapolation: needs ≥ 3 scales")):  # fmt: skip
         a_.set_xlabel("ρ = C_fit / C_target (C = 6ND), log2 scale")
+        if not has:
+            _empty(a_, empty)
+            continue
+        _log2_axis(a_, "x", whole=True)
         a_.grid(alpha=0.3, which="both")
-        if a_.get_legend_handles_labels()[0]:
-            a_.legend(fontsize=7)
-    if not any_pt:
-        ax.text(0.5, 0.5, "no r2_ood: needs ≥ 2 fitted\nand ≥ 2 held-out scales", ha="center", va="center",
-                transform=ax.transAxes, fontsize=9)  # fmt: skip
+        a_.legend(fontsize=7, loc=loc)
     fig.suptitle(f"{_title(group)}: extrapolation quality vs fit budget")
     return _save(fig, Path(out_dir) / f"r2_ood_vs_budget_{_tag(group)}.png")
 
@@ -328,7 +381,7 @@ def _pick_fixed(ga: dict, gb: dict, key: str) -> int | None:
 
 def plot_comparison(ga: dict[str, Any], gb: dict[str, Any], field_: str, out_dir: str | os.PathLike) -> Path:
     """η* (top) and η*_eff (bottom) across width (at the largest shared D) and across D (largest shared N)."""
-    fig, axes = _grid(4, width=5.0, height=3.8, max_cols=2)
+    fig, axes = _grid(4, width=4.2, height=3.0, max_cols=2)
     for row, q in enumerate(QUANTITIES):
         for col, (axis, fixed_key, scale_key) in enumerate((("width", "D", "N"), ("D", "N", "D"))):
             ax = axes[2 * row + col]
@@ -346,8 +399,8 @@ def plot_comparison(ga: dict[str, Any], gb: dict[str, Any], field_: str, out_dir
                 spread = float(np.ptp(ly))
                 ax.errorbar(xs, 2.0**ly, yerr=[2.0**ly - 2.0**lo, 2.0**hi - 2.0**ly], fmt="o-", color=color,
                             capsize=2, label=f"{g[field_]} (range {spread:.2f} log2)")  # fmt: skip
-            for side in ("x", "y"):
-                _log2_axis(ax, side)
+            _log2_axis(ax, "x", si=not use_width, whole=True)
+            _log2_axis(ax, "y")
             xl = ("width d (hidden size)" if use_width else "N (non-embedding params)") if axis == "width" else "D (training tokens)"
             ax.set_xlabel(xl + ", log2 scale")
             ax.set_ylabel(f"{QLABEL[q]}, log2 scale")
@@ -420,7 +473,7 @@ def training_theory(rows: list[dict[str, Any]], config: dict[str, Any], lr_key: 
     η_eff ≈ √(2ηλ(1−β1)/(1+β1)). η_eff,t = η_t‖u_t‖/‖W_t‖ (u ⟂ W on average). AdamH or normalized weights: η_eff,t ≈ η_t·sin∠(u, W) per
     sample (AdamH), resp. η_t‖u‖sin∠(u, W)/‖W‖ (AdamW on the sphere); ‖W‖ is held fixed.
     """
-    from lrtransfer.optim.tracker import adamw_norm_theory
+    from lrtransfer.optim import adamw_norm_theory
 
     sampled = [r for r in rows if "eta_eff/block_mean" in r]
     lr_rows = [r for r in rows if lr_key in r and "step" in r]
@@ -475,7 +528,7 @@ def plot_training(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, lr_
     key = _lr_key(rows, lr_key)
     th = training_theory(rows, config, key)
     steps = np.array([r["step"] for r in sampled], float)
-    fig, axes = _grid(2, width=5.4, height=3.9)
+    fig, axes = _grid(2, width=4.6, height=3.2)
     ax_e, ax_w = axes
     ax_e.plot(steps, [r["eta_eff/block_mean"] for r in sampled], "-", color="tab:blue", lw=1.2, label="measured")
     ax_w.plot(steps, [r.get("wnorm/block_mean", np.nan) for r in sampled], "-", color="tab:blue", lw=1.2,
@@ -497,9 +550,13 @@ def plot_training(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, lr_
     ax_w.set_xlabel("training step")
     ax_w.set_ylabel("‖W‖_F, mean over block matrices")
     ax_w.set_title("weight norm", fontsize=10)
-    for ax in axes:
+    wvals = np.array([r.get("wnorm/block_mean", np.nan) for r in sampled], float)
+    ax_w.ticklabel_format(axis="y", useOffset=False)
+    if np.nanmean(wvals) > 0 and np.nanmax(wvals) - np.nanmin(wvals) < 1e-3 * np.nanmean(wvals):
+        ax_w.set_ylim(0.9 * np.nanmean(wvals), 1.1 * np.nanmean(wvals))  # a fixed norm (hyperball, sphere)
+    for ax, loc in zip(axes, ("best", "lower right")):
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=loc)
     desc = " · ".join(str(config[k]) for k in ("model_family", "parameterization", "optimizer") if k in config)
     hp = f"η={config.get('lr', '?')}, λ={config.get('weight_decay', '?')}, LR key {key}"
     fig.suptitle(f"{run_dir.name}: {desc} ({hp})", fontsize=10)
