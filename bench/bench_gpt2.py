@@ -19,7 +19,9 @@ from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 from transformers import GPT2Config, GPT2LMHeadModel
 
 
-def build_models(d: int, layers: int, heads: int, seq: int, vocab: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_models(
+    d: int, layers: int, heads: int, seq: int, vocab: int, ref_dropout: float = 0.0
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     ours = LRTGPT2ForCausalLM(
         LRTGPT2Config(
             vocab_size=vocab, max_position_embeddings=seq, hidden_size=d, num_hidden_layers=layers,
@@ -28,10 +30,11 @@ def build_models(d: int, layers: int, heads: int, seq: int, vocab: int) -> tuple
     )
     ref_config = GPT2Config(
         vocab_size=vocab, n_positions=seq, n_embd=d, n_layer=layers, n_head=heads,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=None, loss_type="ForCausalLM",
+        resid_pdrop=ref_dropout, embd_pdrop=ref_dropout, attn_pdrop=ref_dropout, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=None,
     )
     ref = GPT2LMHeadModel._from_config(ref_config, attn_implementation="sdpa")
+    ref.loss_type = "ForCausalLM"  # the class name does not say it; same loss function as ours
     return ours.train(), ref.train()
 
 
@@ -71,10 +74,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--ref-dropout", type=float, default=0.0,
+                    help="reference dropout (GPT2Config's default is 0.1; ours has none, so 0 is the same math)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ours, ref = build_models(args.hidden, args.layers, args.heads, args.seq, args.vocab)
+    ours, ref = build_models(args.hidden, args.layers, args.heads, args.seq, args.vocab, args.ref_dropout)
     steps = {"ours": make_step(ours)[1], "ref": make_step(ref)[1]}
     batch = torch.randint(0, args.vocab, (args.batch, args.seq))
     for _ in range(args.warmup):
@@ -93,7 +101,7 @@ def main() -> None:
 
     print(
         f"shape d={args.hidden} L={args.layers} H={args.heads} T={args.seq} V={args.vocab} batch={args.batch} "
-        f"(CPU fp32, {torch.get_num_threads()} threads, {args.reps} interleaved reps)"
+        f"(CPU fp32, {torch.get_num_threads()} threads, {args.reps} interleaved reps, ref dropout {args.ref_dropout})"
     )
     for name in ("ours", "ref"):
         med = statistics.median(times[name])
