@@ -67,7 +67,7 @@ def _grid(
     """
     cols = min(max(n, 1), max_cols)
     rows = math.ceil(max(n, 1) / cols)
-    left, top, wgap, hgap = 0.85, 0.75, 0.9, 0.85
+    left, top, wgap, hgap = 1.1, 0.75, 1.15, 0.85
     W = left + cols * width + (cols - 1) * wgap + right
     H = top + rows * height + (rows - 1) * hgap + bottom
     fig = Figure(figsize=(W, H))
@@ -218,8 +218,10 @@ def plot_lr_curves(group: dict[str, Any], out_dir: str | os.PathLike, results: p
                 flags = [f for f in c.get("flags", []) if f != "no_interval"]
                 if flags and c["lrs"]:
                     j = int(np.argmin(c["losses"]))
-                    ax.annotate(", ".join(flags), (math.log2(c["lrs"][j]), c["losses"][j]), xytext=(4, -10),
-                                textcoords="offset points", fontsize=7, color=color)  # fmt: skip
+                    right_half = j > (len(c["lrs"]) - 1) / 2
+                    ax.annotate(", ".join(flags), (math.log2(c["lrs"][j]), c["losses"][j]),
+                                xytext=(-6 if right_half else 6, -12), textcoords="offset points", fontsize=7,
+                                color=color, ha="right" if right_half else "left")  # fmt: skip
             any_div |= _mark_diverged(ax, sel, colors)
             _loss_ylim(ax, sel)
             if fixed_key == "N":
@@ -347,7 +349,9 @@ def plot_budget(group: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     ax.set_title("r2_ood (needs ≥ 2 held-out scales)", fontsize=10)
     ax2.set_ylabel("rmse_ood_log2 (factors of 2 in η*)")
     ax2.set_title("rmse of the extrapolated log2 η*", fontsize=10)
-    ax2.set_ylim(bottom=0)
+    tops = [np.nanmax(ln.get_ydata()) for ln in ax2.lines if np.isfinite(ln.get_ydata()).any()]
+    if tops:
+        ax2.set_ylim(0, 1.15 * max(max(tops), 1e-3))
     for a_, loc, has, empty in ((ax, "lower right", any_pt, "no r2_ood: needs ≥ 2 fitted\nand ≥ 2 held-out scales"),
                                 (ax2, "best", bool(ax2.lines), "no extrapolation: needs ≥ 3 scales")):  # fmt: skip
         a_.set_xlabel("ρ = C_fit / C_target (C = 6ND), log2 scale")
@@ -449,6 +453,21 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def run_history(run_dir: str | os.PathLike, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's metrics from step 0: a WSD decay branch (`init_from` a trunk checkpoint) logs only from
+    its branch point, so the trunk's rows before it are put in front when the trunk folder is there."""
+    rows = read_metrics(run_dir)
+    init = config.get("init_from")
+    if not init or not rows:
+        return rows
+    ckpt = Path(init)
+    trunk = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    if trunk is None or not (trunk / "metrics.jsonl").is_file():
+        return rows
+    first = min(r.get("step", 0) for r in rows)
+    return [r for r in read_metrics(trunk) if r.get("step", first) < first] + rows
+
+
 def _lr_key(rows: list[dict[str, Any]], lr_key: str | None) -> str:
     """The LR of the block matrices: lr/hidden_matrix when logged, else the base schedule LR."""
     keys = {k for r in rows for k in r if k.startswith("lr/")}
@@ -517,11 +536,13 @@ def training_theory(rows: list[dict[str, Any]], config: dict[str, Any], lr_key: 
 
 
 def plot_training(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, lr_key: str | None = None) -> Path:
-    """η_eff (block mean) and ‖W‖ (block mean) over training from a run folder, with theory curves."""
+    """η_eff (block mean) and ‖W‖ (block mean) over training from a run folder, with theory curves.
+
+    A decay branch is drawn from step 0, its trunk's metrics first (see `run_history`)."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
     cfg_path = run_dir / "config.yaml"
     config = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
+    rows = run_history(run_dir, config)
     sampled = [r for r in rows if "eta_eff/block_mean" in r]
     if not sampled:
         raise ValueError(f"run folder {run_dir}: metrics.jsonl has no 'eta_eff/block_mean' rows (tracker off?)")
@@ -545,7 +566,7 @@ def plot_training(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, lr_
             ax_e.axhline(eq, color="gray", ls=":", lw=1, label=f"equilibrium √(2ηλ(1−β1)/(1+β1)) at peak η: {eq:.3g}")
     ax_e.set_yscale("log")
     ax_e.set_xlabel("training step")
-    ax_e.set_ylabel("η_eff: step on the unit sphere per update (rad)")
+    ax_e.set_ylabel("η_eff (angle per step, rad)")
     ax_e.set_title("effective LR, mean over block matrices", fontsize=10)
     ax_w.set_xlabel("training step")
     ax_w.set_ylabel("‖W‖_F, mean over block matrices")

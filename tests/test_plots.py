@@ -13,7 +13,7 @@ import yaml
 from lrtransfer.optim import EffectiveLRTracker, build_optimizer
 
 from lrtransfer.fit import fit_results, write_fits
-from lrtransfer.plots import main, plot_all, plot_training, read_metrics, training_theory
+from lrtransfer.plots import main, plot_all, plot_training, read_metrics, run_history, training_theory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -147,3 +147,18 @@ def test_cli_and_thin_fits(tmp_path, capsys):
     assert len(printed) == 5 and all(p.endswith(".png") for p in printed)
     with pytest.raises(FileNotFoundError, match="fits="):
         plot_all(tmp_path / "missing.json", None, tmp_path)
+
+
+def test_branch_history_starts_with_its_trunk(tmp_path):
+    """A decay branch logs from its branch point; the plot's history starts at the trunk's step 0."""
+    trunk, branch = tmp_path / "trunk", tmp_path / "branch"
+    (trunk / "checkpoints" / "step_00000005").mkdir(parents=True)
+    branch.mkdir()
+    (trunk / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "lr": 1.0, "who": "trunk"}) + "\n"
+                                                 for s in range(12)))  # fmt: skip
+    (branch / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "lr": 0.5, "who": "branch"}) + "\n"
+                                                  for s in range(5, 9)))  # fmt: skip
+    rows = run_history(branch, {"init_from": str(trunk / "checkpoints" / "step_00000005")})
+    assert [(r["step"], r["who"]) for r in rows] == [(s, "trunk") for s in range(5)] + [
+        (s, "branch") for s in range(5, 9)]  # fmt: skip
+    assert run_history(branch, {}) == read_metrics(branch)
