@@ -211,13 +211,13 @@ def test_step0_effective_rescalers(parameterization: str) -> None:
     alpha, s_z, scale = (0.05 / m_l, math.sqrt(m_n), 0.03) if nugpt else (0.05, 1.0, 1 / math.sqrt(d))
     for layer in model.model.layers:
         for rescaler in (layer.attn_alpha, layer.mlp_alpha):
-            torch.testing.assert_close(rescaler(), torch.full((d,), alpha))
+            torch.testing.assert_close(rescaler.effective(), torch.full((d,), alpha))
             torch.testing.assert_close(rescaler.weight, torch.full((d,), scale))  # raw init = scale
-        torch.testing.assert_close(layer.self_attn.qk_scale(), torch.ones(d))
+        torch.testing.assert_close(layer.self_attn.qk_scale.effective(), torch.ones(d))
         torch.testing.assert_close(layer.self_attn.qk_scale.weight, torch.full((d,), scale))
         for rescaler in (layer.mlp.u_scale, layer.mlp.v_scale):
             torch.testing.assert_close(rescaler.weight, torch.ones(4 * d))
-    torch.testing.assert_close(model.logit_scale(), torch.full((VOCAB,), s_z))
+    torch.testing.assert_close(model.logit_scale.effective(), torch.full((VOCAB,), s_z))
     torch.testing.assert_close(model.logit_scale.weight, torch.full((VOCAB,), scale))
 
 
@@ -274,9 +274,9 @@ def test_parameterization_fields_are_honoured() -> None:
     assert groups["vector"]["lr_mult"] == pytest.approx(0.5)
     assert groups["vector"]["eps"] == 1e-12
     layer = model.model.layers[0]
-    torch.testing.assert_close(layer.attn_alpha(), torch.full((128,), 0.1 / math.sqrt(2)))
+    torch.testing.assert_close(layer.attn_alpha.effective(), torch.full((128,), 0.1 / math.sqrt(2)))
     torch.testing.assert_close(layer.attn_alpha.weight, torch.full((128,), 0.5))
-    torch.testing.assert_close(model.logit_scale(), torch.full((VOCAB,), 4.0))
+    torch.testing.assert_close(model.logit_scale.effective(), torch.full((VOCAB,), 4.0))
 
 
 def test_num_non_embedding_params() -> None:
@@ -392,3 +392,40 @@ def test_save_and_load_with_remote_code_in_a_fresh_process(tmp_path: Path) -> No
     assert remote["cached"] == remote["uncached"]
     assert remote["cached"] == model.generate(ids, max_new_tokens=6, do_sample=False).tolist()
     assert remote["groups"] == pytest.approx([g["lr_mult"] for g in model.param_groups(8.0)])
+
+
+# ---------------------------------------------------------------------------------------------- coordinate check
+
+
+@pytest.fixture(scope="module")
+def width_checks() -> dict:
+    from lrtransfer.coord_check import coord_check
+
+    return {
+        p: coord_check("nugpt", p, "width", sizes=(32, 64, 128), lr=3e-2, steps=4, seeds=1) for p in ("nugpt", "ngpt")
+    }
+
+
+def _drift(result) -> float:
+    """Largest growth of a module's width slope from step 0 to the last step (what the updates add)."""
+    return max(s[-1] - s[0] for s in result.slopes.values())
+
+
+@pytest.mark.slow
+def test_coord_check_width(width_checks: dict) -> None:
+    nugpt, ngpt = width_checks["nugpt"], width_checks["ngpt"]
+    assert nugpt.passed, nugpt.summary()
+    assert nugpt.max_slope() <= 0.1, nugpt.summary()
+    # s_z = √m_N keeps νGPT's logits flat in width; nGPT's fixed s_z = 1 lets them shrink like d^(-1/2).
+    assert abs(nugpt.slopes["logits"][0]) <= 0.05
+    assert ngpt.slopes["logits"][0] == pytest.approx(-0.5, abs=0.05)
+    # nGPT's width-independent LRs make the updates' contribution grow with width, νGPT's do not.
+    assert _drift(ngpt) > _drift(nugpt) + 0.15, (ngpt.summary(), nugpt.summary())
+
+
+@pytest.mark.slow
+def test_coord_check_depth() -> None:
+    from lrtransfer.coord_check import coord_check
+
+    result = coord_check("nugpt", "nugpt", "depth", sizes=(1, 2, 4), lr=1e-2, steps=4, seeds=1)
+    assert result.passed, result.summary()

@@ -115,12 +115,31 @@ def parameterization_rules(config: NuGPTConfig, horizon_mult: float = 1.0) -> Nu
 # --------------------------------------------------------------------------------------------------------
 
 
-def _unit_linear(in_features: int, out_features: int, unit_norm_dim: int) -> nn.Linear:
-    """A bias-free Linear whose weight lives on the sphere; `unit_norm_dim` is the axis the norm runs over
-    (1: every row (output unit) has norm 1; 0: every column (input unit) has norm 1)."""
-    linear = nn.Linear(in_features, out_features, bias=False)
-    linear.unit_norm_dim = unit_norm_dim
-    return linear
+class NuGPTLinear(nn.Linear):
+    """A bias-free Linear whose weight lives on the unit sphere along `unit_norm_dim`, the axis the norm runs
+    over (1: every row, i.e. output unit, has norm 1; 0: every column, i.e. input unit, has norm 1).
+
+    `row_scale` multiplies the output units. When there are more tokens than input units (training) it is
+    applied to the (out, in) weight rather than to the (tokens, out) output: the same product at a fraction
+    of the memory traffic; one-token decoding scales the output instead.
+    """
+
+    def __init__(self, in_features: int, out_features: int, unit_norm_dim: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.unit_norm_dim = unit_norm_dim
+
+    def forward(self, x: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+        if row_scale is None:
+            return F.linear(x, self.weight)
+        if x.numel() < x.shape[-1] * self.in_features:
+            return F.linear(x, self.weight) * row_scale
+        return F.linear(x, self.weight * row_scale[:, None])
+
+
+class NuGPTEmbedding(nn.Embedding):
+    """Token embeddings with unit-norm rows."""
+
+    unit_norm_dim = 1
 
 
 class NuGPTRescaler(nn.Module):
@@ -128,6 +147,8 @@ class NuGPTRescaler(nn.Module):
 
     The raw value starts at `scale`, so the effective value starts at `init`, and Adam's step on the
     effective value is multiplied by init/scale: the storage scale doubles as a per-vector LR multiplier.
+    A parameter holder, not a layer: its consumers call `effective()` (so forward hooks, e.g. the
+    coordinate check's, see activations only).
     """
 
     def __init__(self, size: int, init_value: float, scale: float):
@@ -136,7 +157,7 @@ class NuGPTRescaler(nn.Module):
         self.scale = float(scale)
         self.weight = nn.Parameter(torch.full((size,), self.scale))
 
-    def forward(self) -> torch.Tensor:
+    def effective(self) -> torch.Tensor:
         return self.weight * (self.init_value / self.scale)
 
     def extra_repr(self) -> str:
@@ -212,8 +233,8 @@ class NuGPTAttention(nn.Module):
         self.scaling = math.sqrt(self.head_dim)
         self.is_causal = True
         # W_q, W_k, W_v fused: their rows are the rows of this (3d, d) matrix, so row-normalizing it is exact.
-        self.qkv_proj = _unit_linear(config.hidden_size, 3 * config.hidden_size, unit_norm_dim=1)
-        self.o_proj = _unit_linear(config.hidden_size, config.hidden_size, unit_norm_dim=0)
+        self.qkv_proj = NuGPTLinear(config.hidden_size, 3 * config.hidden_size, unit_norm_dim=1)
+        self.o_proj = NuGPTLinear(config.hidden_size, config.hidden_size, unit_norm_dim=0)
         self.qk_scale = NuGPTRescaler(config.hidden_size, rules.qk_init, rules.qk_scale)
 
     def forward(
@@ -228,7 +249,7 @@ class NuGPTAttention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
         # q and k together: Norm per head, RoPE (a rotation, so it commutes with Norm), then s_qk.
         cos, sin = (t[:, :, None, None, :] for t in position_embeddings)
-        s_qk = self.qk_scale().view(self.num_heads, self.head_dim)
+        s_qk = self.qk_scale.effective().view(self.num_heads, self.head_dim)
         qk = apply_rotary_pos_emb(unit_norm(qkv[:, :, :2]), cos, sin) * s_qk
         query, key = qk.transpose(1, 3).unbind(2)  # each (batch, heads, seq, head_dim)
         value = qkv[:, :, 2].transpose(1, 2)
@@ -256,17 +277,15 @@ class NuGPTMLP(nn.Module):
     def __init__(self, config: NuGPTConfig, rules: NuGPTRules):
         super().__init__()
         d_ff = config.intermediate_size
-        self.uv_proj = _unit_linear(config.hidden_size, 2 * d_ff, unit_norm_dim=1)  # [W_u; W_ν]
-        self.down_proj = _unit_linear(d_ff, config.hidden_size, unit_norm_dim=0)
+        self.uv_proj = NuGPTLinear(config.hidden_size, 2 * d_ff, unit_norm_dim=1)  # [W_u; W_ν]
+        self.down_proj = NuGPTLinear(d_ff, config.hidden_size, unit_norm_dim=0)
         self.u_scale = NuGPTRescaler(d_ff, rules.mlp_init, rules.mlp_scale)
         self.v_scale = NuGPTRescaler(d_ff, rules.mlp_init, rules.mlp_scale)
         self.sqrt_d = math.sqrt(config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # The per-unit scales multiply W_uν's rows rather than the (tokens x 2·d_ff) activations: same product,
-        # a fraction of the memory traffic.
-        scale = torch.cat((self.u_scale(), self.v_scale() * self.sqrt_d))
-        u, v = F.linear(hidden_states, self.uv_proj.weight * scale[:, None]).chunk(2, dim=-1)
+        scale = torch.cat((self.u_scale.effective(), self.v_scale.effective() * self.sqrt_d))
+        u, v = self.uv_proj(hidden_states, row_scale=scale).chunk(2, dim=-1)
         return self.down_proj(u * F.silu(v))
 
 
@@ -295,9 +314,9 @@ class NuGPTDecoderLayer(GradientCheckpointingLayer):
             past_key_values=past_key_values,
             **kwargs,
         )
-        hidden_states = unit_norm(torch.lerp(hidden_states, unit_norm(h_a), self.attn_alpha().abs()))
+        hidden_states = unit_norm(torch.lerp(hidden_states, unit_norm(h_a), self.attn_alpha.effective().abs()))
         h_m = self.mlp(hidden_states)
-        return unit_norm(torch.lerp(hidden_states, unit_norm(h_m), self.mlp_alpha().abs()))
+        return unit_norm(torch.lerp(hidden_states, unit_norm(h_m), self.mlp_alpha.effective().abs()))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -369,7 +388,7 @@ class NuGPTPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Matrices: a Gaussian draw projected onto the sphere along their axis; rescalers: raw = scale."""
-        if isinstance(module, (nn.Linear, nn.Embedding)) and hasattr(module, "unit_norm_dim"):
+        if isinstance(module, (NuGPTLinear, NuGPTEmbedding)):
             if getattr(module.weight, "_is_hf_initialized", False):
                 return
             draw = torch.randn_like(module.weight) * self.config.initializer_range
@@ -381,7 +400,9 @@ class NuGPTPreTrainedModel(PreTrainedModel):
 
     def _unit_norm_weights(self) -> list[tuple[torch.Tensor, int]]:
         return [
-            (module.weight, module.unit_norm_dim) for module in self.modules() if hasattr(module, "unit_norm_dim")
+            (module.weight, module.unit_norm_dim)
+            for module in self.modules()
+            if isinstance(module, (NuGPTLinear, NuGPTEmbedding))
         ]
 
     def normalize_weights(self) -> None:
@@ -393,8 +414,7 @@ class NuGPTModel(NuGPTPreTrainedModel):
     def __init__(self, config: NuGPTConfig):
         super().__init__(config)
         rules = parameterization_rules(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_tokens.unit_norm_dim = 1
+        self.embed_tokens = NuGPTEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             [NuGPTDecoderLayer(config, i, rules) for i in range(config.num_hidden_layers)]
         )
@@ -456,14 +476,14 @@ class NuGPTForCausalLM(NuGPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         rules = parameterization_rules(config)
         self.model = NuGPTModel(config)
-        self.lm_head = _unit_linear(config.hidden_size, config.vocab_size, unit_norm_dim=1)
+        self.lm_head = NuGPTLinear(config.hidden_size, config.vocab_size, unit_norm_dim=1)
         self.logit_scale = NuGPTRescaler(config.vocab_size, rules.logit_init, rules.logit_scale)  # s_z
         self.post_init()
 
-    def get_output_embeddings(self) -> nn.Linear:
+    def get_output_embeddings(self) -> NuGPTLinear:
         return self.lm_head
 
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+    def set_output_embeddings(self, new_embeddings: NuGPTLinear) -> None:
         self.lm_head = new_embeddings
 
     def forward(
@@ -489,8 +509,7 @@ class NuGPTForCausalLM(NuGPTPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        # s_z scales lm_head's rows rather than the (tokens x V) logits: same product, far less memory traffic.
-        logits = F.linear(hidden_states[:, keep, :], self.lm_head.weight * self.logit_scale()[:, None])
+        logits = self.lm_head(hidden_states[:, keep, :], row_scale=self.logit_scale.effective())
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
