@@ -380,7 +380,7 @@ def test_cli_writes_fits_json_with_provenance(tmp_path, capsys):
     path = tmp_path / "results.parquet"
     df.to_parquet(path)
     assert main(["--results", str(path), "--out", str(tmp_path / "fit"), "--n_boot", "50", "--window", "2"]) == 0
-    fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
+    fits = json.loads((tmp_path / "fit" / "fits.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     prov = fits["provenance"]
     assert prov["results"] == str(path) and prov["run_ids"] == df["run_id"].tolist()
     assert prov["config_hashes"] == sorted(df["config_hash"]) and len(prov["results_sha256"]) == 64
