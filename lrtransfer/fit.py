@@ -90,10 +90,6 @@ def _f(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _pow2(v: float | None) -> float | None:
-    return None if v is None else float(2.0**v)
-
-
 # ----------------------------------------------------------------------------------------------
 # η* per cell
 # ----------------------------------------------------------------------------------------------
@@ -272,8 +268,8 @@ def fit_law(
     """Linear and quadratic law y(x) in log2 units (x = log2 D or log2 N, y = log2 η*).
 
     c2 (the quadratic coefficient) is the curvature: c2 > 0 bends upward. Its interval comes from a
-    parametric bootstrap whose per-point noise is the larger of the fit's residual scale (t-scaled,
-    DESIGN-style few-dof correction) and the point's own η* uncertainty `y_err` (half its 16–84%
+    parametric bootstrap whose per-point noise is the larger of the fit's residual scale (t-scaled for
+    its few degrees of freedom, as in `fit_cell`) and the point's own η* uncertainty `y_err` (half its 16–84%
     width): with 3–4 scales the residuals alone have 0–1 degrees of freedom, so the cell intervals
     are what keeps the curvature honest. Flags `upward_curvature` /
     `downward_curvature` from the 2.5–97.5% interval (`c2_lo95`, `c2_hi95`): a flag at 1σ would
