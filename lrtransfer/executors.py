@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 from lrtransfer.utils import atomic_write_json, atomic_write_yaml
 
 BUSY = "busy"  # execute_run's answer when another process holds the run's lock
-FINISHED = ("ok", "diverged", "stopped")  # statuses of a run that is never trained again
+FINAL = ("ok", "diverged")  # a run with one of these results is never trained again
 Trainer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -39,6 +39,20 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) else None
+
+
+def is_finished(result: dict[str, Any] | None, config: dict[str, Any]) -> bool:
+    """Whether a stored result already answers `config`: final, or a trunk stopped at or past its stop.
+
+    A trunk is extended by calling the trainer again with a later `stop_at_step`: it resumes from the
+    checkpoint where it stopped (the trainer keeps the checkpoint at every stop).
+    """
+    if result is None:
+        return False
+    if result.get("status") in FINAL:
+        return True
+    stop = config.get("stop_at_step")
+    return result.get("status") == "stopped" and stop is not None and int(result.get("steps") or 0) >= stop
 
 
 def resolve_trainer(trainer: Trainer | str) -> Trainer:
@@ -75,8 +89,8 @@ def execute_run(
 ) -> dict[str, Any]:
     """Train one run under its lock and return its result; a training error becomes status "failed".
 
-    Returns {"status": "busy"} at once when another process holds the lock. A finished run (result.json
-    with a FINISHED status) is returned as is, never retrained. An interrupted run resumes, because the
+    Returns {"status": "busy"} at once when another process holds the lock. A finished run (see
+    `is_finished`) is returned as is, never retrained. An interrupted run resumes, because the
     trainer is called with resume="auto" on the same folder.
     """
     run_dir = Path(config["output_dir"])
@@ -88,7 +102,7 @@ def execute_run(
         return {"status": BUSY}
     try:
         previous = read_result(run_dir)
-        if previous is not None and previous.get("status") in FINISHED:
+        if is_finished(previous, config):
             return previous
         start = time.time()
         try:
@@ -97,13 +111,14 @@ def execute_run(
             else:
                 result = resolve_trainer(trainer)(dict(config))
         except Exception as e:  # a crashing run is data for this pass; the sweep goes on
-            result = read_result(run_dir)
-            if result is None or result.get("status") in FINISHED:
-                result = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            stored = read_result(run_dir)  # the trainer's own record of the failure, when it wrote one
+            fresh = stored is not None and stored != previous and stored.get("status") == "failed"
+            result = stored if fresh else {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         if not isinstance(result, dict) or "status" not in result:
             result = {"status": "failed", "error": f"trainer returned {type(result).__name__}, not a result dict"}
         result.setdefault("wall_time_s", time.time() - start)
-        if read_result(run_dir) is None:
+        stored = read_result(run_dir)
+        if stored is None or stored == previous:  # the trainer wrote nothing for this call
             atomic_write_json(run_dir / "result.json", result)
         return result
     finally:
@@ -117,7 +132,9 @@ def _accelerate_launch(config: dict[str, Any], num_processes: int, accelerate_co
     atomic_write_yaml(launch_yaml, {k: v for k, v in config.items() if v is not None})
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if accelerate_config:
-        cmd += ["--config_file", accelerate_config]
+        from lrtransfer.train import resolve_accelerate_config  # bare names: accelerate_configs/<name>.yaml
+
+        cmd += ["--config_file", str(resolve_accelerate_config(accelerate_config))]
     cmd += ["-m", "lrtransfer.cli", "train", "--config", str(launch_yaml)]
     proc = subprocess.run(cmd, check=False)
     result = read_result(run_dir)

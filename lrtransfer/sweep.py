@@ -33,12 +33,12 @@ import yaml
 
 from lrtransfer.executors import (
     BUSY,
-    FINISHED,
     InlineExecutor,
     LocalExecutor,
     SlurmExecutor,
     Trainer,
     execute_run,
+    is_finished,
     lock_is_free,
     read_result,
     resolve_trainer,
@@ -144,7 +144,7 @@ class Model:
     num_hidden_layers: int
     num_attention_heads: int
     N: int = 0
-    N_total: int = 0
+    N_total: int | None = 0
 
 
 @dataclass
@@ -365,11 +365,12 @@ def build_sweep(cfg: SweepConfig, require_data: bool = True) -> Sweep:
     return sweep
 
 
-def model_sizes(run: dict[str, Any]) -> tuple[int, int]:
+def model_sizes(run: dict[str, Any]) -> tuple[int, int | None]:
     """(N non-embedding, N total) of a run's model, built on the meta device: no weights allocated.
 
     With prepared data the model is the trainer's own (`train._build_model`); without, the family's
-    config from the run's fields (then `vocab_size` must be set), so `plan` works before `prepare`.
+    config from the run's fields, so `plan` works before `prepare` (N total is then None unless the
+    base sets `vocab_size`: N does not depend on the vocabulary, the embeddings do).
     """
     import torch
 
@@ -382,13 +383,10 @@ def model_sizes(run: dict[str, Any]) -> tuple[int, int]:
         with torch.device("meta"):
             model = _build_model(cfg)
     else:
-        if cfg.vocab_size is None:
-            raise ValueError(f"data_dir={cfg.data_dir!r} is not prepared (no manifest.json); allowed: a prepared "
-                             "data folder, or base vocab_size set so the model can be sized without data")
         config_cls, model_cls = get_family(cfg.model_family)
         optional = {k: getattr(cfg, k) for k in ("initializer_range", "tie_word_embeddings") if getattr(cfg, k) is not None}
         config = config_cls(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+            vocab_size=cfg.vocab_size or 64, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
             num_attention_heads=cfg.num_attention_heads, parameterization=cfg.parameterization,
             max_position_embeddings=cfg.max_position_embeddings or cfg.seq_len,
             base_hidden_size=cfg.base_hidden_size or cfg.hidden_size,
@@ -396,6 +394,8 @@ def model_sizes(run: dict[str, Any]) -> tuple[int, int]:
         )
         with torch.device("meta"):
             model = model_cls(config)
+        if cfg.vocab_size is None:
+            return int(model.num_non_embedding_params()), None
     return int(model.num_non_embedding_params()), int(model.num_parameters())
 
 
@@ -453,14 +453,20 @@ def _name(prefix: str, run: dict[str, Any], log2_lr: float, D: int | None) -> st
             f"-lr{log2_lr:+g}-s{run['seed']}{horizon}")  # fmt: skip
 
 
-def evaluation_specs(sweep: Sweep, param: str, opt: str, m: Model, seed: int, log2_lr: float) -> list[RunSpec]:
-    """The runs measuring one (parameterization, optimizer, model, seed, η) at every horizon.
+def evaluation_specs(
+    sweep: Sweep, param: str, opt: str, m: Model, seed: int, log2_lr: float, horizons: Iterable[int] | None = None
+) -> list[RunSpec]:
+    """The runs measuring one (parameterization, optimizer, model, seed, η) at `horizons` (default: all).
 
-    With trunk-and-branch: a trunk on the longest horizon's config, stopped at the last shared step and
+    With trunk-and-branch: a trunk on the config of the horizon sharing most (under WSD the longest; its
+    schedule is the endless one up to there), stopped at the last shared step and
     checkpointed at every horizon's shared prefix k_D; a branch per D starts from the checkpoint at k_D
     (a horizon with k_D = 0 shares nothing and runs standalone). Without it, or when no step would be
-    shared twice, one standalone run per D.
+    shared twice, one standalone run per D. The trunk's identity does not depend on `horizons`: asked
+    for a longer horizon later, the same trunk is extended from where it stopped (it checkpoints at
+    every horizon's k_D up to its stop, so shorter horizons can still branch from it).
     """
+    wanted = sorted(set(sweep.horizons if horizons is None else horizons))
     tps = sweep.tokens_per_step
     runs_dir = sweep.out / "runs"
     sched = _schedule_key(sweep.base)
@@ -471,21 +477,22 @@ def evaluation_specs(sweep: Sweep, param: str, opt: str, m: Model, seed: int, lo
                        lr=float(2.0**log2_lr), log2_lr=log2_lr, seed=seed)  # fmt: skip
     specs: list[RunSpec] = []
     trunk: RunSpec | None = None
-    if use_trunk:
-        steps = sorted({k for k in shared.values() if k > 0})
-        run = _run_fields(sweep, param, opt, m, seed, log2_lr, sweep.horizons[-1])
-        run.update(stop_at_step=steps[-1], checkpoint_steps=steps, save_model=False)
-        run = _resolve(run)
-        h = _identity(run, None)
+    stop = max(shared[D] for D in wanted)
+    if use_trunk and stop > 0:
+        longest = max(sweep.horizons, key=lambda D: (shared[D], D))
+        run = _resolve(_run_fields(sweep, param, opt, m, seed, log2_lr, longest))
+        h = _identity({**run, "save_model": False}, None)
+        run.update(stop_at_step=stop, checkpoint_steps=sorted({k for k in shared.values() if 0 < k <= stop}),
+                   save_model=False)  # fmt: skip
         run_id = f"{_name('trunk-', run, log2_lr, None)}-{h[:8]}"
         run["output_dir"] = str(runs_dir / run_id)
-        trunk = RunSpec(run_id, h, "trunk", run, steps[-1] * tps)
+        trunk = RunSpec(run_id, h, "trunk", run, stop * tps)
         specs.append(trunk)
-    for D in sweep.horizons:
+    for D in wanted:
         run = _resolve(_run_fields(sweep, param, opt, m, seed, log2_lr, D))
-        k = shared[D] if trunk is not None else 0
+        k = shared[D] if use_trunk else 0
         if k > 0:
-            assert trunk is not None
+            assert trunk is not None  # k > 0 implies stop > 0
             h = _identity(run, f"{trunk.config_hash}@{k}")
             run["init_from"] = str(Path(trunk.config["output_dir"]) / "checkpoints" / f"step_{k:08d}")
         else:
@@ -493,7 +500,7 @@ def evaluation_specs(sweep: Sweep, param: str, opt: str, m: Model, seed: int, lo
         run_id = f"{_name('', run, log2_lr, D)}-{h[:8]}"
         run["output_dir"] = str(runs_dir / run_id)
         specs.append(RunSpec(run_id, h, "branch" if k > 0 else "single", run, D - k * tps,
-                             trunk.run_id if k > 0 and trunk else None, dict(cell_common, D=D)))  # fmt: skip
+                             trunk.run_id if k > 0 and trunk is not None else None, dict(cell_common, D=D)))  # fmt: skip
     return specs
 
 
@@ -507,7 +514,7 @@ class Progress:
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.time()
-        self.done = self.total = self.skipped = self.diverged = self.failed = 0
+        self.done = self.total = self.reused = self.diverged = self.failed = 0
         self.tokens_done = self.tokens_total = self.tokens_trained = 0
 
     def add(self, specs: list[RunSpec]) -> None:
@@ -518,14 +525,14 @@ class Progress:
         self.done += 1
         self.tokens_done += spec.tokens
         self.tokens_trained += spec.tokens if trained else 0
-        self.skipped += not trained
+        self.reused += not trained
         self.diverged += result.get("status") == "diverged"
         self.failed += result.get("status") == "failed"
         elapsed = time.time() - self.start
         left = self.tokens_total - self.tokens_done
         eta = f"{_hms(left * elapsed / self.tokens_trained)}" if self.tokens_trained else "?"
         print(
-            f"[sweep] {self.done}/{self.total} runs ({self.skipped} skipped, {self.diverged} diverged, "
+            f"[sweep] {self.done}/{self.total} runs ({self.reused} not trained: done before or by their trunk; {self.diverged} diverged, "
             f"{self.failed} failed) | tokens {_si(self.tokens_done)}/{_si(self.tokens_total)} | "
             f"elapsed {_hms(elapsed)} | ETA {eta} | {spec.run_id}: {result.get('status')}",
             file=self.stream,
@@ -574,6 +581,11 @@ class Runner:
         self.trained: set[str] = set()
         self.specs: dict[str, RunSpec] = {}
 
+    def _answered(self, spec: RunSpec) -> bool:
+        """Settled in this process already (a trunk only up to the stop it was run to)."""
+        r = self.results.get(spec.run_id)
+        return r is not None and (r.get("status") != "stopped" or is_finished(r, spec.config))
+
     def _lock(self, spec: RunSpec) -> str:
         return str(self.sweep.out / "locks" / f"{spec.run_id}.lock")
 
@@ -581,7 +593,7 @@ class Runner:
         """A result without training, when there is one: finished before, or decided by its trunk."""
         run_dir = Path(spec.config["output_dir"])
         previous = read_result(run_dir)
-        if previous is not None and previous.get("status") in FINISHED:
+        if is_finished(previous, spec.config):
             return previous
         if previous is not None and previous.get("status") == "failed":
             if not self.sweep.cfg.retry_failed:
@@ -602,9 +614,9 @@ class Runner:
 
     def run(self, specs: list[RunSpec]) -> dict[str, dict[str, Any]]:
         """Run every spec not already settled in this process; returns all results by run_id."""
-        todo = [s for s in specs if s.run_id not in self.results]
+        todo = [s for s in specs if not self._answered(s)]
         for s in todo:
-            self.specs[s.run_id] = s
+            self.specs[s.run_id] = s  # a trunk's latest spec: the stop it must reach now
         self.progress.add(todo)
         todo.sort(key=lambda s: s.kind != "trunk")
         running: dict[Any, RunSpec] = {}
@@ -612,8 +624,11 @@ class Runner:
         while todo or running:
             submitted = False
             for spec in list(todo):
-                if spec.trunk_id is not None and spec.trunk_id not in self.results:
-                    continue
+                if spec.trunk_id is not None:
+                    if spec.trunk_id not in self.specs:
+                        raise ValueError(f"run {spec.run_id} branches from trunk {spec.trunk_id}, which is not planned")
+                    if not self._answered(self.specs[spec.trunk_id]):
+                        continue  # its trunk has not reached the checkpoint yet
                 settled = self._settle(spec)
                 if settled is not None:
                     todo.remove(spec)
@@ -671,11 +686,13 @@ class LadderSearch:
     """Adaptive η search for one (parameterization, optimizer) along the model ladder, smallest N first.
 
     Points live on the grid lattice j (log2 η = log2_lr_start + j·step), bounded by the grid's range.
-    Per model: start at the center (given, or the η* predicted from the smaller models by a log-linear
-    fit of best log2 η vs log2 N, averaged over D), then extend the evaluated interval one point at a
-    time on the side(s) where some horizon's minimum has fewer than two evaluated points, until every
-    horizon's minimum has two on each side; a diverged point or the range's edge closes a side. Then,
-    optionally, j* ± ½ per horizon. Every evaluation measures all horizons (trunk + branches).
+    Each horizon D of the current model walks on its own: it starts at its center (the given one, or
+    the η* at D predicted from the smaller models by a log-linear fit of best log2 η vs log2 N) and
+    extends its evaluated interval by one point on each side where its minimum has fewer than two
+    evaluated points, until it has two on each side; a diverged point or the range's edge closes a side.
+    Then, optionally, j* ± ½. Requests at the same η are merged into one evaluation: one trunk, stopped
+    at the last of their decay starts (extended later if a longer horizon needs that η too), and one
+    branch per requested horizon.
     """
 
     def __init__(self, sweep: Sweep, group: tuple[str, str]) -> None:
@@ -684,98 +701,94 @@ class LadderSearch:
         self.jmax = len(sweep.grid) - 1
         self.model_idx = 0
         self.best: list[dict[int, float]] = []  # per finished model: D -> best log2 η
-        self.evaluated: dict[float, dict[int, float]] = {}
-        self.refined = False
-        self.n_evaluations = 0
-        center = sweep.cfg.adaptive_center
-        self._start(self._snap(center if center is not None else sweep.grid[self.jmax // 2]))
-
-    def _snap(self, log2_lr: float) -> int:
-        j = round((log2_lr - self.sweep.cfg.log2_lr_start) / self.sweep.cfg.log2_lr_step)
-        return min(max(j, 0), self.jmax)
-
-    def _start(self, j: int) -> None:
-        self.evaluated = {}
-        self.refined = False
-        self.pending = [float(j)]
+        self._start_model()
 
     @property
     def model(self) -> Model | None:
         return self.sweep.models[self.model_idx] if self.model_idx < len(self.sweep.models) else None
 
+    def _snap(self, log2_lr: float) -> float:
+        j = round((log2_lr - self.sweep.cfg.log2_lr_start) / self.sweep.cfg.log2_lr_step)
+        return float(min(max(j, 0), self.jmax))
+
+    def _start_model(self) -> None:
+        self.evaluated: dict[int, dict[float, float]] = {D: {} for D in self.sweep.horizons}
+        self.refined = False
+        default = self.sweep.cfg.adaptive_center
+        default = self.sweep.grid[self.jmax // 2] if default is None else default
+        preds = {D: self._predict(D) for D in self.sweep.horizons} if self.best else {}
+        known = [p for p in preds.values() if p is not None]
+        fallback = sum(known) / len(known) if known else default
+        self.pending = {D: {self._snap(preds.get(D) if preds.get(D) is not None else fallback)}
+                        for D in self.sweep.horizons}  # fmt: skip
+
+    def _predict(self, D: int) -> float | None:
+        """log2 η* at D for the current model: a log-linear fit of best log2 η vs log2 N over smaller models."""
+        pts = [(math.log2(self.sweep.models[i].N), b[D]) for i, b in enumerate(self.best) if D in b]
+        if len({x for x, _ in pts}) < 2:
+            return pts[-1][1] if pts else None
+        n = len(pts)
+        mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+        return my + slope * (math.log2(self.model.N) - mx)
+
     def record(self, j: float, losses: dict[int, float]) -> None:
-        self.evaluated[j] = losses
-        self.n_evaluations += 1
+        for D, loss in losses.items():
+            self.evaluated[D][j] = loss
 
-    def _argmin(self, D: int, points: Iterable[float]) -> float | None:
-        finite = [j for j in points if math.isfinite(self.evaluated[j][D])]
-        return min(finite, key=lambda j: (self.evaluated[j][D], j)) if finite else None
+    def _argmin(self, D: int, integer_only: bool = False) -> float | None:
+        ev = self.evaluated[D]
+        finite = [j for j, v in ev.items() if math.isfinite(v) and (j == int(j) or not integer_only)]
+        return min(finite, key=lambda j: (ev[j], j)) if finite else None
 
-    def _walk_needs(self) -> list[float]:
-        ints = sorted(j for j in self.evaluated if j == int(j))
+    def _walk_needs(self, D: int) -> set[float]:
+        ev = self.evaluated[D]
+        ints = sorted(j for j in ev if j == int(j))
         lo, hi = ints[0], ints[-1]
+        js = self._argmin(D, integer_only=True)
+        if js is None:  # every point diverged: walk toward lower η
+            return {lo - 1} if lo > 0 else set()
         need = set()
-        for D in self.sweep.horizons:
-            js = self._argmin(D, ints)
-            if js is None:  # every point diverged: walk toward lower η
-                if lo > 0:
-                    need.add(lo - 1)
-                continue
-            left = js - lo >= 2 or lo <= 0 or any(not math.isfinite(self.evaluated[j][D]) for j in ints if j < js)
-            right = hi - js >= 2 or hi >= self.jmax or any(not math.isfinite(self.evaluated[j][D]) for j in ints if j > js)
-            if not left:
-                need.add(lo - 1)
-            if not right:
-                need.add(hi + 1)
-        return sorted(float(j) for j in need)
+        left = js - lo >= 2 or lo <= 0 or any(not math.isfinite(ev[j]) for j in ints if j < js)
+        right = hi - js >= 2 or hi >= self.jmax or any(not math.isfinite(ev[j]) for j in ints if j > js)
+        if not left:
+            need.add(lo - 1)
+        if not right:
+            need.add(hi + 1)
+        return need
 
-    def _refine_points(self) -> list[float]:
-        points = set()
-        for D in self.sweep.horizons:
-            js = self._argmin(D, [j for j in self.evaluated if j == int(j)])
-            if js is not None:
-                points |= {j for j in (js - 0.5, js + 0.5) if 0 <= j <= self.jmax}
-        return sorted(points - set(self.evaluated))
+    def _refine_points(self, D: int) -> set[float]:
+        js = self._argmin(D, integer_only=True)
+        if js is None:
+            return set()
+        return {j for j in (js - 0.5, js + 0.5) if 0 <= j <= self.jmax} - set(self.evaluated[D])
 
-    def _predict(self) -> float | None:
-        """log2 η at the next model from a log-linear fit of best log2 η vs log2 N (mean over D)."""
-        preds = []
-        target = math.log2(self.sweep.models[self.model_idx].N)
-        for D in self.sweep.horizons:
-            pts = [(math.log2(self.sweep.models[i].N), b[D]) for i, b in enumerate(self.best) if D in b]
-            if len({x for x, _ in pts}) >= 2:
-                n = len(pts)
-                mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
-                sxx = sum((x - mx) ** 2 for x, _ in pts)
-                slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
-                preds.append(my + slope * (target - mx))
-            elif pts:
-                preds.append(pts[-1][1])
-        return sum(preds) / len(preds) if preds else None
-
-    def propose(self) -> list[float]:
-        """The next points to evaluate for the current model ([] once the whole ladder is done)."""
+    def propose(self) -> dict[float, list[int]]:
+        """The next evaluations of the current model, η index -> horizons ({} once the ladder is done)."""
         while self.model is not None:
             if self.pending:
-                points, self.pending = self.pending, []
-                return points
-            points = self._walk_needs()
-            if not points and self.sweep.cfg.adaptive_refine and not self.refined:
-                self.refined = True
-                points = self._refine_points()
-            if points:
-                return points
+                requests, self.pending = self.pending, {}
+            else:
+                requests = {D: self._walk_needs(D) for D in self.sweep.horizons}
+                if not any(requests.values()) and self.sweep.cfg.adaptive_refine and not self.refined:
+                    self.refined = True
+                    requests = {D: self._refine_points(D) for D in self.sweep.horizons}
+            by_point: dict[float, list[int]] = {}
+            for D, points in requests.items():
+                for j in points:
+                    by_point.setdefault(j, []).append(D)
+            if by_point:
+                return {j: sorted(Ds) for j, Ds in sorted(by_point.items())}
             best = {}
             for D in self.sweep.horizons:
-                js = self._argmin(D, self.evaluated)
+                js = self._argmin(D)
                 if js is not None:
                     best[D] = self.sweep.log2_lr(js)
             self.best.append(best)
             self.model_idx += 1
             if self.model is not None:
-                pred = self._predict()
-                self._start(self._snap(pred) if pred is not None else self._snap(self.sweep.grid[self.jmax // 2]))
-        return []
+                self._start_model()
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -857,39 +870,42 @@ def run_sweep(cfg: SweepConfig, trainer: Trainer | None = None, progress_stream:
             runner.run(all_specs)
         else:
             searches = [LadderSearch(sweep, g) for g in sweep.groups]
-            while True:
-                batch: list[tuple[LadderSearch, float, list[RunSpec]]] = []
+            while True:  # rounds: every search's next points at once, so they run in parallel
+                batch: list[tuple[LadderSearch, float, list[int], list[RunSpec]]] = []
                 for search in searches:
-                    for j in search.propose():
+                    for j, Ds in search.propose().items():
                         specs = [sp for s in sweep.seeds
-                                 for sp in evaluation_specs(sweep, *search.group, search.model, s, sweep.log2_lr(j))]  # fmt: skip
-                        batch.append((search, j, specs))
+                                 for sp in evaluation_specs(sweep, *search.group, search.model, s, sweep.log2_lr(j), Ds)]  # fmt: skip
+                        batch.append((search, j, Ds, specs))
                 if not batch:
                     break
-                specs = [sp for _, _, ss in batch for sp in ss]
+                specs = [sp for *_, ss in batch for sp in ss]
                 all_specs += specs
                 rows.update({s.run_id: s for s in specs if s.cell is not None})
                 results = runner.run(specs)
-                for search, j, ss in batch:
+                for search, j, Ds, ss in batch:
                     search.record(j, {D: _cell_loss([results[s.run_id] for s in ss if s.cell and s.cell["D"] == D])
-                                      for D in sweep.horizons})  # fmt: skip
+                                      for D in Ds})  # fmt: skip
     finally:
         executor.close()
     write_table(force=True)
-    evaluations = {_evaluation_key(s) for s in all_specs if s.cell is not None}
+    tokens: dict[str, int] = {}  # per run folder; a trunk counts once, to its furthest stop
+    for s in all_specs:
+        tokens[s.run_id] = max(tokens.get(s.run_id, 0), s.tokens)
     statuses = [runner.results[i].get("status") for i in rows]
     summary = {
         "output_dir": str(sweep.out),
         "results": str(results_path),
         "lr_search": cfg.lr_search,
-        "runs": len(all_specs),
+        "runs": len(tokens),
+        "trunks": sum(s.kind == "trunk" for s in {s.run_id: s for s in all_specs}.values()),
         "rows": len(rows),
-        "evaluations": len(evaluations),
+        "evaluations": len(rows),  # measured (N, D, η, seed) cells
+        "lr_points": len({_evaluation_key(s) for s in rows.values()}),  # distinct (group, N, η, seed)
         "trained_this_session": len(runner.trained),
         "status_counts": {k: statuses.count(k) for k in sorted(set(map(str, statuses)))},
-        "tokens_computed": sum(s.tokens for s in all_specs),
+        "tokens_computed": sum(tokens.values()),
         "tokens_independent": sum(s.cell["D"] for s in rows.values()),
-        "tokens_trained_this_session": sum(runner.specs[i].tokens for i in runner.trained),
         "wall_time_s": time.time() - start,
     }
     summary["trunk_saving"] = summary["tokens_independent"] / max(1, summary["tokens_computed"])
@@ -902,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_config([SweepConfig], argv)
     summary = run_sweep(cfg)
     print(
-        f"[sweep] done: {summary['rows']} rows, {summary['evaluations']} evaluations, statuses {summary['status_counts']}; "
+        f"[sweep] done: {summary['rows']} rows ({summary['lr_points']} LR points), statuses {summary['status_counts']}; "
         f"tokens {_si(summary['tokens_computed'])} computed vs {_si(summary['tokens_independent'])} as independent runs "
         f"({summary['trunk_saving']:.2f}x saving); table {summary['results']}"
     )
@@ -988,8 +1004,9 @@ def plan_main(argv: list[str] | None = None) -> int:
           f"{p['log2_lrs'][-1]:g} ({len(p['log2_lrs'])} points)")  # fmt: skip
     print(f"{'width':>6} {'layers':>6} {'heads':>5} {'N':>12} {'N_total':>12} {'FLOPs/token':>12}")
     for m in p["models"]:
+        total = f"{m['N_total']:,}" if m["N_total"] is not None else "(no data)"
         print(f"{m['hidden_size']:>6} {m['num_hidden_layers']:>6} {m['num_attention_heads']:>5} {m['N']:>12,} "
-              f"{m['N_total']:>12,} {m['flops_per_token']:>12.3g}")  # fmt: skip
+              f"{total:>12} {m['flops_per_token']:>12.3g}")  # fmt: skip
     for name in ("grid", "adaptive_min", "adaptive_max"):
         if name in p:
             e = p[name]

@@ -68,7 +68,8 @@ def fake_trainer(config: dict) -> dict:
     calls = out.parents[1] / "calls"
     calls.mkdir(parents=True, exist_ok=True)
     tag = f"{out.name}.{os.getpid()}.{time.time_ns()}"
-    (calls / f"{tag}.start").write_text(json.dumps({"pid": os.getpid(), "init_from": config["init_from"]}))
+    (calls / f"{tag}.start").write_text(json.dumps({"pid": os.getpid(), "init_from": config["init_from"],
+                                                   "stop_at_step": config["stop_at_step"]}))  # fmt: skip
     kill_at = int(os.environ.get("FAKE_KILL_AT", "0"))
     if kill_at and len(list(calls.glob("*.start"))) >= kill_at:
         os.kill(os.getpid(), signal.SIGKILL)  # a sweep killed mid-run: no result for this run
@@ -236,8 +237,9 @@ def test_killed_sweep_restarts_without_recomputing(tmp_path, data_dir):
 
 
 def test_adaptive_search_finds_grid_argmin_with_fewer_evaluations(tmp_path, data_dir):
-    common = dict(widths=[32, 64, 128], head_dim=16, horizons=[8 * TPS, 32 * TPS], log2_lr_start=-12.0,
-                  log2_lr_stop=0.0, adaptive_center=-9.0)  # fmt: skip
+    horizons = [8 * TPS, 32 * TPS]
+    common = dict(widths=[32, 64, 128], head_dim=16, horizons=horizons, log2_lr_start=-12.0, log2_lr_stop=0.0,
+                  adaptive_center=-9.0)  # fmt: skip
     grid = spec(tmp_path / "grid", data_dir, **common)
     adaptive = spec(tmp_path / "adaptive", data_dir, lr_search="adaptive", **common)
     sg, sa = run_sweep(grid), run_sweep(adaptive)
@@ -255,10 +257,21 @@ def test_adaptive_search_finds_grid_argmin_with_fewer_evaluations(tmp_path, data
         i = pts.index(x)  # two evaluated points on each side, or a diverged point closing the side
         below = da[(da["hidden_size"] == w) & (da["D"] == D) & (da["log2_lr"] > x)]
         assert i >= 2 and (len(pts) - 1 - i >= 2 or (below["status"] == "diverged").any())
-    assert sa["evaluations"] < 0.6 * sg["evaluations"] and sa["tokens_computed"] < 0.6 * sg["tokens_computed"]
-    # the far-off center costs walking on the smallest model only; larger ones start at the prediction
-    per_model = da.groupby("hidden_size")["log2_lr"].nunique().to_dict()
-    assert per_model[32] > per_model[64] and per_model[128] <= 6
+    assert sa["evaluations"] == len(da) and sg["evaluations"] == len(dg) == 3 * 13 * 2
+    assert sa["evaluations"] < 0.5 * sg["evaluations"] and sa["tokens_computed"] < 0.5 * sg["tokens_computed"]
+    # the far-off center costs walking on the smallest model only; the larger ones start at the η* their
+    # horizon's log-linear fit over the smaller widths predicts, which here is exact: 5 points per cell
+    per_model = da.groupby("hidden_size").size().to_dict()
+    assert per_model[32] > per_model[64] == per_model[128] == 5 * len(horizons)
+    # an η needed by the short horizon only stops its trunk early; a trunk asked again for a longer
+    # horizon resumes from its stop: the stops a trunk is trained to only increase
+    out = Path(adaptive.output_dir)
+    stops: dict[str, list[int]] = {}
+    for p in sorted((out / "calls").glob("trunk-*.start"), key=lambda p: int(p.name.split(".")[2])):
+        stops.setdefault(p.name.split(".")[0], []).append(json.loads(p.read_text())["stop_at_step"])
+    assert all(a < b for s in stops.values() for a, b in zip(s, s[1:]))
+    assert any(len(s) > 1 for s in stops.values()) and any(s[-1] < 26 for s in stops.values())
+    assert all(n.startswith("trunk-") for n, c in calls(out).items() if c > 1)  # only trunks are called again
     assert set(da["run_id"]) <= set(dg["run_id"])  # a run's identity does not depend on how it was chosen
     # half-step refinement adds j* ± 1/2 per cell
     refined = spec(tmp_path / "refined", data_dir, lr_search="adaptive", adaptive_refine=True, **common)
@@ -334,11 +347,12 @@ def test_plan_numbers_match_the_formula(tmp_path, data_dir, capsys):
     path.write_text(yaml.safe_dump({k: v for k, v in vars(cfg).items() if v is not None}))
     assert plan_main(["--config", str(path), "--mfu", "0.5", "--gpu", "a100", "--json", "true"]) == 0
     assert json.loads(capsys.readouterr().out)["grid"]["gpu_hours"] == pytest.approx(g["gpu_hours"])
-    # without prepared data, plan sizes the model from vocab_size
-    no_data = spec(tmp_path, str(tmp_path / "missing"), base=base(str(tmp_path / "missing"), vocab_size=320))
-    assert plan(no_data)["models"][0]["N"] == p["models"][0]["N"]
+    # without prepared data: the same N (and N_total when vocab_size is given); a sweep needs the data
+    missing = str(tmp_path / "missing")
+    assert plan(spec(tmp_path, missing, base=base(missing, vocab_size=320)))["models"] == p["models"][:1]
+    assert plan(spec(tmp_path, missing, base=base(missing)))["models"][0]["N_total"] is None
     with pytest.raises(ValueError, match="data_dir"):
-        plan(spec(tmp_path, str(tmp_path / "missing"), base=base(str(tmp_path / "missing"))))
+        run_sweep(spec(tmp_path, missing, base=base(missing, vocab_size=320)))
 
 
 @pytest.mark.parametrize(
