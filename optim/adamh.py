@@ -88,10 +88,8 @@ def adam_direction(optimizer: torch.optim.Optimizer, group: dict[str, Any], p: t
         return None
     beta1, beta2 = group["betas"]
     step = float(state["step"])
-    bc1 = 1.0 - beta1**step
-    bc2 = 1.0 - beta2**step
-    denom = local_tensor(state["exp_avg_sq"]).double().div_(bc2).sqrt_().add_(float(group["eps"]))
-    return local_tensor(state["exp_avg"]).double().div_(bc1).div_(denom)
+    denom = local_tensor(state["exp_avg_sq"]).double().div_(1.0 - beta2**step).sqrt_().add_(float(group["eps"]))
+    return local_tensor(state["exp_avg"]).double().div_(1.0 - beta1**step).div_(denom)
 
 
 class AdamH(torch.optim.Optimizer):
@@ -183,8 +181,9 @@ class AdamH(torch.optim.Optimizer):
             if group["hyperball"]:
                 # u = κ · m / (√v + ε·√bc2) with κ = √bc2 / bc1 (one pass fewer than dividing √v by √bc2).
                 torch._foreach_add_(denom, [group["eps"] * b for b in bc2_sqrt])
-                u_raw = torch._foreach_div(exp_avgs, denom)
-                del denom
+                for m, d in zip(exp_avgs, denom):  # u_raw = m / denom, written over denom: no new buffer
+                    torch.div(m, d, out=d)
+                u_raw = denom
                 kappas = [b2 / b1 for b1, b2 in zip(bc1, bc2_sqrt)]
                 pending.append((group, owners, params, u_raw, kappas))
             else:

@@ -10,8 +10,8 @@ for each tracked matrix W:
 Tracked: every ≥2-D parameter of groups with role matrix / lm_head / embedding (all ≥2-D params of
 groups without a role). "eta_eff/block_mean" and "wnorm/block_mean" average role "matrix" only (the
 transformer-block matrices); embeddings and lm_head appear under their own names. Non-sampled steps
-cost one modulo. On a sampled step, W_t is copied (param dtype), everything else is computed per
-matrix in fp64 from rank-local shards, and the per-matrix sums travel in one all-reduce under FSDP2.
+cost one modulo. On a sampled step, W_t is copied (param dtype), the sums are computed per matrix
+from rank-local shards (fp32 elementwise, fp64 accumulation) and travel in one all-reduce under FSDP2.
 
 `adamw_norm_theory` is the noise-dominated AdamW norm recursion used for theory curves.
 """
@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from .adamh import AdamH, adam_direction, all_reduce_partials, local_tensor, shard_key
+from .adamh import AdamH, all_reduce_partials, local_tensor, shard_key
 
 TRACKED_ROLES = ("matrix", "lm_head", "embedding")
 BLOCK_ROLE = "matrix"
+_CPU_CHUNK = 1 << 16  # elements per chunk on CPU (256 KiB in fp32): temporaries stay in cache
 
 
 class EffectiveLRTracker:
@@ -77,18 +78,10 @@ class EffectiveLRTracker:
         snapshot = self._pending[1]
         self._pending = None
         groups = self.optimizer.param_groups
-        rows = []
-        for (gi, p, _, _), w0 in zip(self._tracked, snapshot):
-            w0 = w0.double().reshape(-1)
-            delta = local_tensor(p.detach()).double().reshape(-1).sub_(w0)
-            u = adam_direction(self.optimizer, groups[gi], p)
-            if u is None:
-                uu = uw = torch.zeros((), dtype=torch.float64, device=w0.device)
-            else:
-                u = u.reshape(-1)
-                uu, uw = torch.dot(u, u), torch.dot(u, w0)
-            rows.append(torch.stack([torch.dot(w0, w0), torch.dot(delta, delta), torch.dot(delta, w0), uu, uw]))
-            del w0, delta, u
+        rows = [
+            _matrix_sums(w0, local_tensor(p.detach()), self.optimizer.state.get(p), groups[gi])
+            for (gi, p, _, _), w0 in zip(self._tracked, snapshot)
+        ]
         partials = all_reduce_partials(torch.stack(rows, dim=1), [shard_key(p) for _, p, _, _ in self._tracked])
         ww0, dd, dw, uu, uw = partials.cpu().tolist()
 
@@ -121,6 +114,38 @@ class EffectiveLRTracker:
             raise ValueError(f"tracker state has every={state.get('every')!r}, this tracker every={self.every}")
         self._sum = float(state["sum"])
         self._count = int(state["count"])
+
+
+def _matrix_sums(
+    w0: torch.Tensor, w1: torch.Tensor, state: dict[str, Any] | None, group: dict[str, Any]
+) -> torch.Tensor:
+    """[‖W0‖², ‖Δ‖², ⟨Δ,W0⟩, ‖u‖², ⟨u,W0⟩] (Δ = W1 − W0), rank-local, accumulated in fp64.
+
+    Elementwise work runs in fp32 (fp64 for fp64 parameters) over chunks that stay in cache; Δ of
+    two nearby fp32 values is exact (Sterbenz), and the chunk sums are added in fp64.
+    """
+    dtype = torch.float64 if w0.dtype == torch.float64 else torch.float32
+    w0, w1 = w0.reshape(-1), w1.reshape(-1)
+    has_u = bool(state) and "exp_avg" in state
+    if has_u:
+        m, v = local_tensor(state["exp_avg"]).reshape(-1), local_tensor(state["exp_avg_sq"]).reshape(-1)
+        beta1, beta2 = group["betas"]
+        step, eps = float(state["step"]), float(group["eps"])
+        bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
+    sums = torch.zeros(5, dtype=torch.float64, device=w0.device)
+    chunk = _CPU_CHUNK if w0.device.type == "cpu" else max(w0.numel(), 1)
+    for i in range(0, w0.numel(), chunk):
+        a = w0[i : i + chunk].to(dtype)
+        d = w1[i : i + chunk].to(dtype) - a
+        parts = [torch.dot(a, a), torch.dot(d, d), torch.dot(d, a)]
+        if has_u:  # u = m̂ / (√v̂ + ε), as `adam_direction`
+            den = v[i : i + chunk].to(dtype).div(bc2).sqrt_().add_(eps)
+            u = m[i : i + chunk].to(dtype).div(bc1).div_(den)
+            parts += [torch.dot(u, u), torch.dot(u, a)]
+            sums += torch.stack(parts).double()
+        else:
+            sums[:3] += torch.stack(parts).double()
+    return sums
 
 
 def _chord(n0: float, n1: float, dd: float, dw: float) -> float:

@@ -97,19 +97,20 @@ def reference_adamh(params0, grads_per_step, hyperball, lrs, adam_lrs, wd, betas
     radius = {n: w[n].norm().item() for n in w if hyperball[n]}
     m = {n: torch.zeros_like(w[n]) for n in w}
     v = {n: torch.zeros_like(w[n]) for n in w}
+    last_u = {}
     for t, grads in enumerate(grads_per_step, start=1):
         for n, g in grads.items():
             g = g.double()
             m[n] = b1 * m[n] + (1 - b1) * g
             v[n] = b2 * v[n] + (1 - b2) * g * g
-            u = (m[n] / (1 - b1**t)) / ((v[n] / (1 - b2**t)).sqrt() + eps)
+            u = last_u[n] = (m[n] / (1 - b1**t)) / ((v[n] / (1 - b2**t)).sqrt() + eps)
             if hyperball[n]:
                 r = radius[n]
                 w_prime = w[n] - lrs[n] * r * u / max(u.norm().item(), 1e-10)
                 w[n] = r * w_prime / max(w_prime.norm().item(), 1e-10)
             else:
                 w[n] = w[n] * (1 - adam_lrs[n] * wd[n]) - adam_lrs[n] * u
-    return w
+    return w, last_u
 
 
 def test_adamh_matches_fp64_reference_over_20_steps():
@@ -131,9 +132,10 @@ def test_adamh_matches_fp64_reference_over_20_steps():
         grads_per_step.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
         opt.step()
         opt.zero_grad()
-    ref = reference_adamh(params0, grads_per_step, hyperball, lrs, adam_lrs, wd, (0.9, 0.95), 1e-8)
+    ref, ref_u = reference_adamh(params0, grads_per_step, hyperball, lrs, adam_lrs, wd, (0.9, 0.95), 1e-8)
     for n, p in model.named_parameters():
         assert rel_err(p.detach(), ref[n]) < 1e-6, n
+        assert rel_err(opt.direction(p), ref_u[n]) < 1e-5, n  # the exposed u_t (fp32 moments)
         if hyperball[n]:
             assert opt.state[p]["R"] == pytest.approx(params0[n].double().norm().item(), rel=1e-7)
 
@@ -430,7 +432,7 @@ def test_tracker_adamw_norm_identity_and_chord():
         logs.append(out)
         name = "transformer.h.1.mlp.c_fc.weight"  # chord vs a direct fp64 computation
         w0, w1 = before[name].double(), params[name].detach().double()
-        assert out[f"eta_eff/{name}"] == pytest.approx((w1 / w1.norm() - w0 / w0.norm()).norm().item(), rel=1e-9)
+        assert out[f"eta_eff/{name}"] == pytest.approx((w1 / w1.norm() - w0 / w0.norm()).norm().item(), rel=1e-6)
     matrices = [n for g in opt.param_groups if g["role"] == "matrix" for n in g["param_names"]]
     tracked = matrices + ["transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"]
     for t in range(5):
