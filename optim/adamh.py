@@ -61,16 +61,10 @@ def all_reduce_partials(partials: torch.Tensor, keys: list[tuple[Any, tuple[int,
             buckets.setdefault(key, []).append(j)
     if not buckets:
         return partials
-    if len(buckets) == 1 and len(next(iter(buckets.values()))) == partials.shape[1]:
-        (mesh, dims), _ = next(iter(buckets.items()))
-        partials = partials.contiguous()
-        for d in dims:
-            dist.all_reduce(partials, group=mesh.get_group(d))
-        return partials
     partials = partials.clone()
     for (mesh, dims), cols in buckets.items():
         idx = torch.tensor(cols, device=partials.device)
-        block = partials.index_select(1, idx).contiguous()
+        block = partials.index_select(1, idx)
         for d in dims:
             dist.all_reduce(block, group=mesh.get_group(d))
         partials.index_copy_(1, idx, block)

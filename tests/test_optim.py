@@ -245,6 +245,10 @@ def test_adamh_rejects_weight_decay_on_hyperball_and_vectors():
         AdamH([{"params": [toy.w1], "hyperball": True, "weight_decay": 0.1}])
     with pytest.raises(ValueError, match="ndim"):
         AdamH([{"params": [toy.bias], "hyperball": True}])
+    with pytest.raises(ValueError, match="lr=-1"):
+        AdamH([toy.w1], lr=-1.0)
+    with pytest.raises(ValueError, match="betas"):
+        AdamH([toy.w1], betas=(0.9, 1.5))
 
 
 # ---------------------------------------------------------------- factory
