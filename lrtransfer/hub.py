@@ -865,6 +865,7 @@ def _study_body(study_dir: Path, name: str, results: Any, fits: dict[str, Any] |
            f'results = load_dataset("parquet", data_files="{_parquet_path(name, repo_type)}")["train"]',
            "```", ""]
     out += _grid_section(results)
+    out += _expectations_section(study_dir)
     if fits is None:
         out += ["The study has not been fitted yet: run `lrtransfer fit` to add η* and the laws.", ""]
     else:
@@ -880,6 +881,19 @@ def _study_body(study_dir: Path, name: str, results: Any, fits: dict[str, Any] |
     else:
         out += ["No run of this study has been published yet (`lrtransfer publish RUN --repo-id user/name`).", ""]
     return "\n".join(out)
+
+
+def _expectations_section(study_dir: Path) -> list[str]:
+    """What `lrtransfer study` judged from this study's own numbers (DESIGN §8), if it ran."""
+    path = study_dir / "expectations.json"
+    if not path.is_file():
+        return []
+    rows = [[e["expectation"], {True: "held", False: "did not hold", None: "undetermined"}[e["held"]],
+             e["verdict"].split(": ", 1)[-1]] for e in _load_json(path)]  # fmt: skip
+    return ["## Did the expectations hold?", "",
+            "Judged from this study's fits (`expectations.json`); tiny models and short runs, so read them as a "
+            "demonstration of the pipeline, not as evidence about large-scale training.", "",
+            _md_table(["expectation", "result", "figures"], rows), ""]
 
 
 def _study_plots(study_dir: Path, exclude: Path) -> list[Path]:
@@ -942,7 +956,7 @@ def build_study_folder(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
             shutil.copyfile(src, tmp / rel)
             plots.append(rel.as_posix())
         specs = sorted(p.name for p in study_dir.glob("*.yaml"))
-        for extra_file in [*specs, "summary.json"]:
+        for extra_file in [*specs, "summary.json", "expectations.json"]:
             if (study_dir / extra_file).is_file():
                 shutil.copyfile(study_dir / extra_file, tmp / extra_file)
         links = _model_links(results, study_dir, model_repos)

@@ -408,9 +408,11 @@ def plot_comparison(ga: dict[str, Any], gb: dict[str, Any], field_: str, out_dir
             xl = ("width d (hidden size)" if use_width else "N (non-embedding params)") if axis == "width" else "D (training tokens)"
             ax.set_xlabel(xl + ", log2 scale")
             ax.set_ylabel(f"{QLABEL[q]}, log2 scale")
-            at = f"D={_si(fixed)} tokens" if fixed_key == "D" else f"N={_si(fixed)}"
-            ax.set_title(f"{QLABEL[q]} across {axis} at {at}" if fixed is not None else f"{QLABEL[q]}: no shared cells",
-                         fontsize=10)  # fmt: skip
+            if fixed is None:
+                ax.set_title(f"{QLABEL[q]}: no shared cells with η*", fontsize=10)
+            else:
+                at = f"D={_si(fixed)} tokens" if fixed_key == "D" else f"N={_si(fixed)}"
+                ax.set_title(f"{QLABEL[q]} across {axis} at {at}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)

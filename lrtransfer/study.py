@@ -189,12 +189,17 @@ def _stage(msg: str, t0: float) -> None:
 
 def run_study(cfg: StudyConfig) -> Path:
     """Run (or finish) a study; returns its folder."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
     from lrtransfer.data import PrepareConfig, prepare
     from lrtransfer.fit import fit_results, format_table, write_fits
     from lrtransfer.hub import build_model_folder, build_study_folder
     from lrtransfer.plots import plot_all, plot_training
     from lrtransfer.sweep import run_sweep
 
+    disable_progress_bars()  # weight-saving bars of every card would drown the sweep's progress line
+    hf_logging.disable_progress_bar()
     if cfg.max_parallel is not None and cfg.max_parallel < 1:
         raise ValueError(f"max_parallel must be >= 1, got {cfg.max_parallel}")
     preset_name, spec = load_preset(cfg.preset)
