@@ -180,8 +180,8 @@ def _init_slot(device: str, threads: int) -> None:
 class LocalExecutor:
     """One long-lived worker process per slot; a slot is a (device, index) pair.
 
-    Slots are `devices × runs_per_device`, capped at `max_parallel`: one run per GPU, several tiny runs
-    per GPU, or parallel CPU runs with the cores split between them. A slot keeps its process (imports
+    Slots are `devices × runs_per_device` GPUs, capped at `max_parallel`: one run per GPU or several tiny
+    runs per GPU; on CPU, `max_parallel` runs with the cores split between them. A slot keeps its process (imports
     are paid once); a crashed worker's slot gets a fresh process. Workers are spawned by default (safe
     with CUDA and OpenMP); "fork" starts CPU workers without re-importing torch.
     """
@@ -189,7 +189,8 @@ class LocalExecutor:
     def __init__(
         self, devices: Sequence[str], runs_per_device: int, max_parallel: int, start_method: str = "spawn"
     ) -> None:
-        slots = [d for d in devices for _ in range(runs_per_device)][:max_parallel]
+        per_device = max_parallel if list(devices) == ["cpu"] else runs_per_device  # CPU: the cores are split
+        slots = [d for d in devices for _ in range(per_device)][:max_parallel]
         if not slots:
             raise ValueError("the local executor has no slots; set devices and runs_per_device >= 1")
         cpu_slots = sum(d == "cpu" for d in slots)

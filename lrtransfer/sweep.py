@@ -113,7 +113,7 @@ class SweepConfig:
     executor: str = field(default="local", metadata={"choices": list(EXECUTORS)})
     max_parallel: int = field(default=1, metadata={"help": "runs at once (local slots / SLURM jobs in flight)"})
     devices: str = field(default="auto", metadata={"help": "local: 'auto', 'cpu' or GPU ids '0,1,...'"})
-    runs_per_device: int = field(default=1, metadata={"help": "local: concurrent runs per device"})
+    runs_per_device: int = field(default=1, metadata={"help": "local GPUs: concurrent runs per GPU"})
     start_method: str = field(default="spawn", metadata={"help": "local workers: spawn (CUDA-safe) | forkserver | fork",
                                                          "choices": list(START_METHODS)})
     trainer: str = field(default="lrtransfer.sweep:train_run", metadata={"help": "'module:function'(config dict) -> result"})
@@ -562,7 +562,8 @@ def make_executor(sweep: Sweep) -> Any:
             account=cfg.slurm_account, poll_s=cfg.poll_s,
         )  # fmt: skip
     devices = _devices(cfg.devices)
-    if min(cfg.max_parallel, len(devices) * cfg.runs_per_device) == 1:
+    per_device = cfg.max_parallel if devices == ["cpu"] else cfg.runs_per_device
+    if min(cfg.max_parallel, len(devices) * per_device) == 1:
         return InlineExecutor()
     return LocalExecutor(devices, cfg.runs_per_device, cfg.max_parallel, cfg.start_method)
 

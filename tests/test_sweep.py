@@ -391,8 +391,7 @@ def test_bad_specs_rejected(tmp_path, data_dir, fields, match):
 def test_local_process_pool_and_submitit_local_executor(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]))
     lrs = dict(log2_lr_start=-6.0, log2_lr_stop=-5.0)
-    pool = spec(tmp_path / "pool", data_dir, max_parallel=2, devices="cpu", runs_per_device=2, start_method="fork",
-                **lrs)  # fmt: skip
+    pool = spec(tmp_path / "pool", data_dir, max_parallel=2, devices="cpu", start_method="fork", **lrs)
     job = spec(tmp_path / "job", data_dir, horizons=[10 * TPS], executor="slurm", slurm_cluster="local",
                slurm_gpus_per_run=0, slurm_cpus_per_run=1, max_parallel=2, poll_s=0.2, **lrs)  # fmt: skip
     for cfg, n_runs in ((pool, 6), (job, 2)):
