@@ -6,10 +6,14 @@ log2 units (or an adaptive search on that grid), parameterizations, optimizers a
 schedule up to its decay start, so an evaluation trains one trunk through the stable phase, checkpointed
 where each horizon's schedule leaves the stable one, and one short decay branch per D (DESIGN §3.3, §5).
 
+The adaptive search walks each (N, D) cell on the grid's lattice (DESIGN §5); requests at the same η
+share one trunk, which is stopped at the last decay start needed so far and extended later if needed.
+
 A run's identity is the hash of its resolved config (the trunk's hash stands in for a branch's
-`init_from` path), its folder is `<output_dir>/runs/<run_id>/`; finished runs are skipped, interrupted
-ones resume, and a per-run file lock keeps two sweep processes off the same run. One row per measured
-run (branches and standalone runs, not trunks) goes to `<output_dir>/results.parquet`.
+`init_from` path; a trunk's stop does not count), its folder is `<output_dir>/runs/<run_id>/`;
+finished runs are skipped, interrupted ones resume, and a per-run file lock keeps two sweep processes
+off the same run. One row per measured run (branches and standalone runs, not trunks) goes to
+`<output_dir>/results.parquet`.
 """
 
 from __future__ import annotations
@@ -56,9 +60,6 @@ EXECUTORS = ("local", "slurm")
 OPTIMIZERS = ("adamw", "adamh")
 START_METHODS = ("spawn", "forkserver", "fork")
 GPU_PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12}  # dense bf16 (DESIGN §5)
-# TrainConfig fields the sweep sets per run; a base config's values for them are replaced.
-SWEEP_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "lr", "total_tokens", "seed",
-                "optimizer", "parameterization", "output_dir", "resume", "init_from", "stop_at_step")  # fmt: skip
 ENDLESS_STEPS = 1 << 40  # horizon of the "stable phase forever" schedule a trunk follows
 
 RESULT_SCHEMA = pa.schema(
