@@ -66,9 +66,7 @@ class NuGPTRules:
 
 def parameterization_rules(config: NuGPTConfig, horizon_mult: float = 1.0) -> NuGPTRules:
     """DESIGN §2.2's table. `horizon_mult` is m_data = steps / base steps at a fixed batch size."""
-    if not isinstance(horizon_mult, (int, float)) or isinstance(horizon_mult, bool) or not horizon_mult > 0:
-        raise ValueError(f"horizon_mult={horizon_mult!r} is invalid; allowed values: a finite number > 0")
-    if not math.isfinite(horizon_mult):
+    if isinstance(horizon_mult, bool) or not isinstance(horizon_mult, (int, float)) or not 0 < horizon_mult < math.inf:
         raise ValueError(f"horizon_mult={horizon_mult!r} is invalid; allowed values: a finite number > 0")
     d = config.hidden_size
     if config.parameterization == "ngpt":
