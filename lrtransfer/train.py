@@ -843,7 +843,8 @@ class _Run:
                 self._write_run_files()
             how = self._start()
             if is_main:
-                print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+                if cfg.progress:  # interactive runs show the resolved config; sweeps keep one line per run
+                    print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
                 print(f"[lrtransfer] run {plan.run_id} -> {self.out}: {how}\n"
                       f"  N={self.n_params:,} (non-embedding), N_total={self.n_total:,}, "
                       f"tokens/step={plan.tokens_per_step:,}, steps={plan.steps:,} (D={cfg.total_tokens:,}), "
