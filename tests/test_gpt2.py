@@ -250,6 +250,7 @@ def test_num_non_embedding_params_is_tie_independent() -> None:
         (dict(output_multiplier=-1.0), "output_multiplier"),
         (dict(input_multiplier=float("nan")), "input_multiplier"),
         (dict(initializer_range=0.0), "initializer_range"),
+        (dict(layer_norm_epsilon=float("inf")), "layer_norm_epsilon"),
         (dict(parameterization="mup", hidden_size=64, num_attention_heads=4, base_hidden_size=40), "base_hidden_size"),
         (dict(base_head_dim=0), "base_head_dim"),
         (dict(zero_init_lm_head=True, tie_word_embeddings=True), "zero_init_lm_head"),

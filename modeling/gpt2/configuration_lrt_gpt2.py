@@ -5,6 +5,8 @@ Self-contained (torch, transformers, stdlib only): this file ships verbatim next
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -85,7 +87,7 @@ class LRTGPT2Config(PreTrainedConfig):
                 raise ValueError(f"{name}={value!r} is invalid; allowed values: integers > 0")
         for name in ("initializer_range", "depth_alpha", "input_multiplier", "output_multiplier", "layer_norm_epsilon"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"{name}={value!r} is invalid; allowed values: finite numbers > 0")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(

@@ -245,7 +245,8 @@ class LRTGPT2PreTrainedModel(PreTrainedModel):
         """Leaf-module init; every std comes from `Parameterization.init_std` via the module's `_lrt_init` tag."""
         param = Parameterization.from_config(self.config)
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = param.init_std(module._lrt_init)
+            # untagged modules (e.g. from resize_token_embeddings) follow their kind's default rule
+            std = param.init_std(getattr(module, "_lrt_init", "embedding" if isinstance(module, nn.Embedding) else "hidden"))
             if std == 0.0:
                 init.zeros_(module.weight)
             else:
