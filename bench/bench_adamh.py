@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+
 from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 from lrtransfer.optim import EffectiveLRTracker, build_optimizer
 

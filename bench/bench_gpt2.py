@@ -15,8 +15,9 @@ import statistics
 import time
 
 import torch
-from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 from transformers import GPT2Config, GPT2LMHeadModel
+
+from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 
 
 def build_models(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 from lrtransfer.modeling.nugpt import NuGPTConfig, NuGPTForCausalLM
 from lrtransfer.optim import build_optimizer

@@ -57,9 +57,8 @@ def loop_tokens_per_s(cfg: TrainConfig, out: Path) -> tuple[float, float | None]
 
 
 def bare_tokens_per_s(cfg: TrainConfig, steps: int) -> float:
-    from lrtransfer.optim import build_optimizer
-
     from lrtransfer.data import TokenLoader
+    from lrtransfer.optim import build_optimizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from lrtransfer.modeling import get_family
 from lrtransfer.optim import EffectiveLRTracker, build_optimizer, clip_grad_norm_
 

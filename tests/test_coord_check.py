@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lrtransfer.coord_check import coord_check, main
 
@@ -24,13 +23,6 @@ def test_mup_and_completep_pass_width_check(p: str) -> None:
     assert all(len(s) == FAST["steps"] for s in result.slopes.values())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dispatch-bound: one intra-op thread is faster, and far faster on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

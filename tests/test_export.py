@@ -6,22 +6,15 @@ import json
 
 import pytest
 import torch
-from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import lrtransfer  # noqa: F401
 from lrtransfer.export import ExportConfig, export, from_stock, main, to_stock
+from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
 
 V, T = 101, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dispatch-bound: one intra-op thread is faster, and far faster on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

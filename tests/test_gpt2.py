@@ -12,23 +12,16 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
-from lrtransfer.optim import build_optimizer
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import lrtransfer  # noqa: F401  (registers the Auto classes)
+from lrtransfer.modeling.gpt2 import LRTGPT2Config, LRTGPT2ForCausalLM
+from lrtransfer.optim import build_optimizer
 
 SIGMA = 0.02
 V, T = 97, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dispatch-bound: one intra-op thread is faster, and far faster on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

@@ -26,9 +26,9 @@ import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
-from lrtransfer.modeling import MODEL_FAMILIES
 
 from lrtransfer import hub
+from lrtransfer.modeling import MODEL_FAMILIES
 
 PROMPT = "def main(argv):\n    return"
 D0 = 4096

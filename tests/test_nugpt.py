@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from lrtransfer.modeling import get_family
-from lrtransfer.modeling.nugpt import NuGPTConfig, NuGPTForCausalLM
-from lrtransfer.optim import build_optimizer
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as llama_apply_rotary_pos_emb
+
+from lrtransfer.modeling import get_family
+from lrtransfer.modeling.nugpt import NuGPTConfig, NuGPTForCausalLM
+from lrtransfer.optim import build_optimizer
 
 VOCAB = 96
 

@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from lrtransfer.modeling import get_family
 from lrtransfer.optim import (
     AdamH,
@@ -18,18 +20,10 @@ from lrtransfer.optim import (
     clip_grad_norm_,
     lr_multiplier,
 )
-from torch import nn
 
 VOCAB, SEQ = 64, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_gpt2(seed: int = 0, tie: bool = False, bias: bool = True) -> nn.Module:

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from lrtransfer.optim import EffectiveLRTracker, build_optimizer
 
 from lrtransfer.fit import fit_results, write_fits
+from lrtransfer.optim import EffectiveLRTracker, build_optimizer
 from lrtransfer.plots import main, plot_all, plot_training, read_metrics, run_history, training_theory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

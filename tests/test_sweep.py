@@ -317,6 +317,7 @@ def test_failed_runs_recorded_and_retried_on_request(tmp_path, data_dir):
 
 def test_plan_numbers_match_the_formula(tmp_path, data_dir, capsys):
     import torch
+
     from lrtransfer.modeling import LRTGPT2Config, LRTGPT2ForCausalLM
 
     horizons = [8 * TPS, 16 * TPS, 32 * TPS]
