@@ -258,7 +258,7 @@ def _draw_law(ax: Axes, law: dict, ex: dict, color: Any, label: str) -> None:
     y = 2.0 ** np.asarray(law["y"], float)
     err = np.asarray(law["y_err"], float)
     held = np.isin(s, np.asarray(ex.get("heldout_scales", []), float))
-    yerr = np.vstack([y - 2.0 ** (np.log2(y) - err), 2.0 ** (np.log2(y) + err) - y])
+    yerr = np.maximum(np.vstack([y - 2.0 ** (np.log2(y) - err), 2.0 ** (np.log2(y) + err) - y]), 0.0)
     for mask, filled in ((~held, True), (held, False)):
         if mask.any():
             ax.errorbar(s[mask], y[mask], yerr=yerr[:, mask], fmt="o", color=color, mfc=color if filled else "white",
@@ -401,7 +401,9 @@ def plot_comparison(ga: dict[str, Any], gb: dict[str, Any], field_: str, out_dir
                 lo = np.array([c[QKEY[q] + "_lo"] if c[QKEY[q] + "_lo"] is not None else v for c, v in zip(cells, ly)])
                 hi = np.array([c[QKEY[q] + "_hi"] if c[QKEY[q] + "_hi"] is not None else v for c, v in zip(cells, ly)])
                 spread = float(np.ptp(ly))
-                ax.errorbar(xs, 2.0**ly, yerr=[2.0**ly - 2.0**lo, 2.0**hi - 2.0**ly], fmt="o-", color=color,
+                # a flagged cell (e.g. grid argmin) can sit outside its bootstrap interval: no negative bars
+                yerr = np.maximum([2.0**ly - 2.0**lo, 2.0**hi - 2.0**ly], 0.0)
+                ax.errorbar(xs, 2.0**ly, yerr=yerr, fmt="o-", color=color,
                             capsize=2, label=f"{g[field_]} (range {spread:.2f} log2)")  # fmt: skip
             _log2_axis(ax, "x", si=not use_width, whole=True)
             _log2_axis(ax, "y")

@@ -25,6 +25,7 @@ from lrtransfer.utils import atomic_write_bytes, atomic_write_json, atomic_write
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESET_KEYS = ("description", "data", "base", "sweeps", "fit")
+UNRELIABLE_FLAGS = {"vertex_far", "nonpositive_curvature"}  # η* fell back to the grid argmin (fit.fit_cell)
 
 
 @dataclass
@@ -98,8 +99,8 @@ def _group(fits: dict[str, Any], family: str, param: str, opt: str) -> dict[str,
 def _width_shift(group: dict[str, Any]) -> dict[str, Any] | None:
     """Slope of log2 η* against log2 width at the largest D with ≥ 2 widths: 0 means perfect transfer."""
     by_D: dict[int, list[tuple[int, float]]] = {}
-    for c in group["cells"]:
-        if c.get("log2_eta_star") is not None:
+    for c in group["cells"]:  # a grid argmin standing in for a failed parabola is too coarse to judge a shift
+        if c.get("log2_eta_star") is not None and not UNRELIABLE_FLAGS & set(c.get("flags", ())):
             by_D.setdefault(int(c["D"]), []).append((int(c["hidden_size"]), float(c["log2_eta_star"])))
     Ds = [D for D, pts in by_D.items() if len({w for w, _ in pts}) >= 2]
     if not Ds:
