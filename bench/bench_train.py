@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lrtransfer.train import TrainConfig, _build_model, run_training, validate_config
+from lrtransfer.train import TrainConfig, build_model, run_training, validate_config
 from lrtransfer.utils import parse_config
 
 
@@ -62,7 +62,7 @@ def bare_tokens_per_s(cfg: TrainConfig, steps: int) -> float:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg).to(device)
+    model = build_model(cfg).to(device)
     opt = build_optimizer(model.param_groups(), name="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     loader = TokenLoader(cfg.data_dir, seq_len=cfg.seq_len, global_batch_size=cfg.global_batch_size,

@@ -369,20 +369,20 @@ def build_sweep(cfg: SweepConfig, require_data: bool = True) -> Sweep:
 def model_sizes(run: dict[str, Any]) -> tuple[int, int | None]:
     """(N non-embedding, N total) of a run's model, built on the meta device: no weights allocated.
 
-    With prepared data the model is the trainer's own (`train._build_model`); without, the family's
+    With prepared data the model is the trainer's own (`train.build_model`); without, the family's
     config from the run's fields, so `plan` works before `prepare` (N total is then None unless the
     base sets `vocab_size`: N does not depend on the vocabulary, the embeddings do).
     """
     import torch
 
     from lrtransfer.modeling import get_family
-    from lrtransfer.train import TrainConfig, _build_model, _model_overrides, validate_config
+    from lrtransfer.train import TrainConfig, build_model, parse_model_overrides, validate_config
 
     cfg = TrainConfig(**{**run, "output_dir": os.devnull})
     if (Path(cfg.data_dir) / "manifest.json").is_file():
         cfg, _ = validate_config(cfg)
         with torch.device("meta"):
-            model = _build_model(cfg)
+            model = build_model(cfg)
     else:
         config_cls, model_cls = get_family(cfg.model_family)
         optional = {k: getattr(cfg, k) for k in ("initializer_range", "tie_word_embeddings") if getattr(cfg, k) is not None}
@@ -391,7 +391,7 @@ def model_sizes(run: dict[str, Any]) -> tuple[int, int | None]:
             num_attention_heads=cfg.num_attention_heads, parameterization=cfg.parameterization,
             max_position_embeddings=cfg.max_position_embeddings or cfg.seq_len,
             base_hidden_size=cfg.base_hidden_size or cfg.hidden_size,
-            base_num_layers=cfg.base_num_layers or cfg.num_hidden_layers, **optional, **_model_overrides(cfg),
+            base_num_layers=cfg.base_num_layers or cfg.num_hidden_layers, **optional, **parse_model_overrides(cfg),
         )
         with torch.device("meta"):
             model = model_cls(config)

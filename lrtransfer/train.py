@@ -293,7 +293,7 @@ def validate_config(cfg: TrainConfig, *, world_size: int = 1) -> tuple[TrainConf
         _fail("divergence_ema", c.divergence_ema, "a float in [0, 1)")
     if c.peak_tflops is not None and not c.peak_tflops > 0:
         _fail("peak_tflops", c.peak_tflops, "None or a float > 0")
-    overrides = _model_overrides(c)
+    overrides = parse_model_overrides(c)
     # Data.
     data_dir = Path(c.data_dir)
     if not data_dir.is_dir():
@@ -384,7 +384,7 @@ def validate_config(cfg: TrainConfig, *, world_size: int = 1) -> tuple[TrainConf
     return c, plan
 
 
-def _model_overrides(c: TrainConfig) -> dict[str, Any]:
+def parse_model_overrides(c: TrainConfig) -> dict[str, Any]:
     if not c.model_overrides:
         return {}
     try:
@@ -593,7 +593,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
-def _build_model(cfg: TrainConfig) -> torch.nn.Module:
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     from lrtransfer.data import load_manifest
@@ -610,7 +610,7 @@ def _build_model(cfg: TrainConfig) -> torch.nn.Module:
         kwargs["initializer_range"] = cfg.initializer_range
     if cfg.tie_word_embeddings is not None:
         kwargs["tie_word_embeddings"] = cfg.tie_word_embeddings
-    kwargs.update(_model_overrides(cfg))
+    kwargs.update(parse_model_overrides(cfg))
     config = config_cls(**kwargs)
     return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
 
@@ -696,7 +696,7 @@ class _Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         set_seed(cfg.seed)
-        model = _build_model(cfg)
+        model = build_model(cfg)
         self.normalize = getattr(model, "normalize_weights", None) is not None
         if self.normalize:
             model.normalize_weights()
