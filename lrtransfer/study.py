@@ -124,51 +124,39 @@ def _along_D_curvature(group: dict[str, Any], quantity: str) -> dict[str, Any] |
     lin = law.get("linear") or {}
     quad = law["quadratic"]
     return {"N": N, "c2": quad["c2"], "c2_lo": quad.get("c2_lo"), "c2_hi": quad.get("c2_hi"),
-            "abs_c2": abs(quad["c2"]), "linear_rmse_log2": lin.get("rmse_log2"), "n": law.get("n")}  # fmt: skip
+            "linear_rmse_log2": lin.get("rmse_log2"), "n": law.get("n")}  # fmt: skip
+
+
+def _verdict(label: str, a: str, fa: dict | None, b: str, fb: dict | None, key: str, what: str,
+             missing: str) -> dict[str, Any]:
+    """Expectation "a's |key| is smaller than b's", judged from two figure dicts (None: not measurable)."""
+    entry: dict[str, Any] = {"expectation": label, a: fa, b: fb}
+    if fa is None or fb is None:
+        return {**entry, "held": None, "verdict": f"undetermined: {missing}"}
+    va, vb = abs(fa[key]), abs(fb[key])
+    held = va < vb
+    return {**entry, "held": held,
+            "verdict": f"{'held' if held else 'did not hold'}: {what} {va:.3f} ({a}) vs {vb:.3f} ({b})"}
 
 
 def judge_expectations(fits: dict[str, Any]) -> list[dict[str, Any]]:
-    """The three expectations of DESIGN §8, each held / did not hold / undetermined, with its figures."""
+    """The expectations of DESIGN §8, each held / did not hold / undetermined, with its figures."""
     out = []
     for family, a, b, label in (("gpt2", "mup", "sp", "η* moves less across width under μP than under SP"),
                                 ("nugpt", "nugpt", "ngpt", "η* moves less across width under νGPT than under nGPT")):
-        ga, gb = _group(fits, family, a, "adamw"), _group(fits, family, b, "adamw")
-        sa, sb = (_width_shift(g) if g else None for g in (ga, gb))
-        entry: dict[str, Any] = {"expectation": label, a: sa, b: sb}
-        if sa is None or sb is None:
-            entry.update(held=None, verdict="undetermined: η* missing for some widths (see the flags)")
-        else:
-            held = abs(sa["slope_per_doubling"]) < abs(sb["slope_per_doubling"])
-            entry.update(held=held, verdict=(
-                f"{'held' if held else 'did not hold'}: |Δlog2 η*| per width doubling "
-                f"{abs(sa['slope_per_doubling']):.2f} ({a}) vs {abs(sb['slope_per_doubling']):.2f} ({b})"))
-        out.append(entry)
+        sa, sb = (_width_shift(g) if (g := _group(fits, family, p, "adamw")) else None for p in (a, b))
+        out.append(_verdict(label, a, sa, b, sb, "slope_per_doubling", "|Δlog2 η*| per width doubling",
+                            "η* missing for some widths (see the flags)"))
     horizon_groups = [g for g in fits["groups"] if len(g["Ds"]) >= 3]
     aw = next((g for g in horizon_groups if g["optimizer"] == "adamw"), None)
     ah = next((g for g in horizon_groups if g["optimizer"] == "adamh" and aw is not None
                and g["model_family"] == aw["model_family"] and g["parameterization"] == aw["parameterization"]), None)
-    # η*_eff straighter than η* (AdamW along D)
-    entry = {"expectation": "η*_eff is straighter in log-log than η* (AdamW, along D)"}
     ce, cs = (_along_D_curvature(aw, q) if aw else None for q in ("eta_eff_star", "eta_star"))
-    entry.update(eta_eff_star=ce, eta_star=cs)
-    if ce is None or cs is None:
-        entry.update(held=None, verdict="undetermined: fewer than 3 horizons with η* (see the flags)")
-    else:
-        held = ce["abs_c2"] < cs["abs_c2"]
-        entry.update(held=held, verdict=(f"{'held' if held else 'did not hold'}: |c2| {ce['abs_c2']:.3f} (η*_eff) vs "
-                                         f"{cs['abs_c2']:.3f} (η*)"))
-    out.append(entry)
-    # AdamH closer to log-linear than AdamW
-    entry = {"expectation": "AdamH's η* vs D is closer to log-linear than AdamW's"}
-    cw, ch = (_along_D_curvature(g, "eta_star") if g else None for g in (aw, ah))
-    entry.update(adamw=cw, adamh=ch)
-    if cw is None or ch is None:
-        entry.update(held=None, verdict="undetermined: fewer than 3 horizons with η* for one optimizer")
-    else:
-        held = ch["abs_c2"] < cw["abs_c2"]
-        entry.update(held=held, verdict=(f"{'held' if held else 'did not hold'}: |c2| {ch['abs_c2']:.3f} (AdamH) vs "
-                                         f"{cw['abs_c2']:.3f} (AdamW)"))
-    out.append(entry)
+    out.append(_verdict("η*_eff is straighter in log-log than η* (AdamW, along D)", "eta_eff_star", ce,
+                        "eta_star", cs, "c2", "|c2|", "fewer than 3 horizons with η* (see the flags)"))
+    ch, cw = (_along_D_curvature(g, "eta_star") if g else None for g in (ah, aw))
+    out.append(_verdict("AdamH's η* vs D is closer to log-linear than AdamW's", "adamh", ch, "adamw", cw, "c2",
+                        "|c2|", "fewer than 3 horizons with η* for one optimizer"))
     return out
 
 
