@@ -275,10 +275,20 @@ def _train_bpe(texts: Iterable[str], vocab_size: int, max_chars: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN)
 
 
+def save_tokenizer(tokenizer: Any, folder: str | os.PathLike, *, model_max_length: int | None = None) -> None:
+    """save_pretrained without the loader state transformers 5 keeps in init_kwargs (is_local,
+    local_files_only): a tokenizer loaded offline must not tell every later user to stay offline."""
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        tokenizer.init_kwargs.pop(key, None)
+    if model_max_length:
+        tokenizer.model_max_length = tokenizer.init_kwargs["model_max_length"] = int(model_max_length)
+    tokenizer.save_pretrained(folder)
+
+
 def _save_tokenizer(tokenizer: Any, out: Path) -> None:
     """save_pretrained into a temp folder, then rename file by file into the data folder."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer.") as tmp:
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         for name in os.listdir(tmp):
             os.replace(os.path.join(tmp, name), out / name)
 

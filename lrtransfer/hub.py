@@ -265,14 +265,10 @@ def _save_model(model: Any, tokenizer: Any, folder: Path, *, stock: bool) -> Non
             for k, v in ids.items():
                 setattr(target, k, v)
     model.save_pretrained(folder)
-    # transformers 5 keeps loader state (is_local, local_files_only) in init_kwargs and would save it
-    # into tokenizer_config.json; a published tokenizer must not tell users to stay offline.
-    for key in ("is_local", "local_files_only", "name_or_path"):
-        tokenizer.init_kwargs.pop(key, None)
+    from lrtransfer.data import save_tokenizer
+
     n_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if n_ctx:
-        tokenizer.model_max_length = tokenizer.init_kwargs["model_max_length"] = int(n_ctx)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder, model_max_length=n_ctx)
     if not any(folder.glob("*.safetensors")):
         raise ValueError(f"{folder}: save_pretrained wrote no safetensors weights")
     if not stock:

@@ -1007,6 +1007,8 @@ class _Run:
         """HF model folder: safetensors + config + modeling code + the data's tokenizer."""
         from transformers import AutoTokenizer
 
+        from lrtransfer.data import save_tokenizer
+
         acc = self.acc
         unwrapped = acc.unwrap_model(self.model)
         state_dict = acc.get_state_dict(self.model)
@@ -1018,7 +1020,8 @@ class _Run:
             type(unwrapped.config).register_for_auto_class()
             type(unwrapped).register_for_auto_class("AutoModelForCausalLM")
             unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-            AutoTokenizer.from_pretrained(self.cfg.data_dir).save_pretrained(tmp)
+            save_tokenizer(AutoTokenizer.from_pretrained(self.cfg.data_dir), tmp,
+                           model_max_length=unwrapped.config.max_position_embeddings)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

@@ -91,6 +91,8 @@ def test_loss_falls_and_run_folder(data_dir: Path, tmp_path: Path) -> None:
 
     from lrtransfer.data import validation_batches
 
+    tok_cfg = json.loads((tmp_path / "run" / "model" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in tok_cfg and tok_cfg["model_max_length"] == 32  # no offline loader state
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").eval()
     nll, count = 0.0, 0
     with torch.no_grad():
