@@ -24,6 +24,23 @@ STOCK_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 # per block: (our Linear, stock Conv1D); Conv1D weights are the transpose of Linear weights
 _PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _NORMS = ("ln_1", "ln_2")
+# (our config field, GPT2Config field) that map one to one
+_CONFIG_FIELDS = (("vocab_size", "vocab_size"), ("max_position_embeddings", "n_positions"),
+                  ("hidden_size", "n_embd"), ("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
+                  ("layer_norm_epsilon", "layer_norm_epsilon"), ("initializer_range", "initializer_range"),
+                  ("tie_word_embeddings", "tie_word_embeddings"), ("bos_token_id", "bos_token_id"),
+                  ("eos_token_id", "eos_token_id"), ("pad_token_id", "pad_token_id"))  # fmt: skip
+
+
+def _convert_state(source: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
+    """The target's tensors `keys` from `source`: block projections transposed (Linear <-> Conv1D)."""
+    state = {}
+    for key in keys:
+        value = source[key]
+        if key.startswith("transformer.h.") and key.endswith(".weight") and any(f".{p}." in key for p in _PROJECTIONS):
+            value = value.t()
+        state[key] = value.contiguous().clone()
+    return state
 
 
 def check_stock_compatible(config: LRTGPT2Config) -> None:
@@ -47,30 +64,16 @@ def to_stock(model: LRTGPT2ForCausalLM) -> GPT2LMHeadModel:
     config = model.config
     check_stock_compatible(config)
     stock_config = GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.max_position_embeddings,
-        n_embd=config.hidden_size,
-        n_layer=config.num_hidden_layers,
-        n_head=config.num_attention_heads,
+        **{theirs: getattr(config, ours) for ours, theirs in _CONFIG_FIELDS},
         n_inner=config.intermediate_size,
         activation_function="gelu_new",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        layer_norm_epsilon=config.layer_norm_epsilon,
-        initializer_range=config.initializer_range,
-        tie_word_embeddings=config.tie_word_embeddings,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
     )
     ours = model.state_dict()
-    state = {}
-    for key, value in ours.items():
-        if key.startswith("transformer.h.") and key.endswith(".weight") and any(f".{p}." in key for p in _PROJECTIONS):
-            value = value.t()
-        state[key] = value.contiguous().clone()
-    if config.tie_word_embeddings:
+    state = _convert_state(ours, list(ours))
+    if config.tie_word_embeddings:  # one shared tensor, as the stock model ties it
         state["lm_head.weight"] = state["transformer.wte.weight"]
     stock = GPT2LMHeadModel(stock_config).to(next(model.parameters()).dtype)
     stock.load_state_dict(state, strict=True)
@@ -98,30 +101,14 @@ def from_stock(stock: GPT2LMHeadModel) -> LRTGPT2ForCausalLM:
     sc = stock.config
     check_stock_architecture(sc)
     config = LRTGPT2Config(
-        vocab_size=sc.vocab_size,
-        max_position_embeddings=sc.n_positions,
-        hidden_size=sc.n_embd,
-        num_hidden_layers=sc.n_layer,
-        num_attention_heads=sc.n_head,
+        **{ours: getattr(sc, theirs) for ours, theirs in _CONFIG_FIELDS},
         intermediate_size=sc.n_inner or 4 * sc.n_embd,
-        layer_norm_epsilon=sc.layer_norm_epsilon,
-        initializer_range=sc.initializer_range,
         parameterization="sp",
         base_hidden_size=sc.n_embd,
         base_num_layers=sc.n_layer,
-        tie_word_embeddings=sc.tie_word_embeddings,
-        bos_token_id=sc.bos_token_id,
-        eos_token_id=sc.eos_token_id,
-        pad_token_id=sc.pad_token_id,
     )
     model = LRTGPT2ForCausalLM(config).to(next(stock.parameters()).dtype)
-    theirs = stock.state_dict()
-    state = {}
-    for key in model.state_dict():
-        value = theirs[key]
-        if key.startswith("transformer.h.") and key.endswith(".weight") and any(f".{p}." in key for p in _PROJECTIONS):
-            value = value.t()
-        state[key] = value.contiguous().clone()
+    state = _convert_state(stock.state_dict(), list(model.state_dict()))
     model.load_state_dict(state, strict=True)
     return model.eval()
 
