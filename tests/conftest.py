@@ -10,7 +10,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Test models are tiny and dispatch-bound: one intra-op thread is faster, far faster on a shared CPU."""
+    """Test models are tiny and dispatch-bound: one intra-op thread is faster (far faster on a shared CPU),
+    and makes in-process runs match the single-threaded subprocess runs bitwise."""
     import torch
 
     n = torch.get_num_threads()

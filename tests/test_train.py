@@ -43,15 +43,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                  output_dir=str(root / "data"), num_proc=1, progress=False))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is faster here and makes in-process runs match subprocesses."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data_dir=str(data), output_dir=str(out), hidden_size=32, num_hidden_layers=2,
                 num_attention_heads=2, seq_len=32, global_batch_size=8, total_tokens=20 * TOKENS_PER_STEP,
